@@ -1,0 +1,130 @@
+"""From per-layer norms to numbers and words: the chi fit, the verdict, the summary table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# verdict thresholds on chi^depth, the fitted gain of the squared gradient signal from
+# the output layer back to the input: below 1e-2 the first layer's gradient signal is
+# under 1/10 of the last layer's; above 1e2 it is over 10 times larger.
+VANISHING_BELOW = 1e-2
+EXPLODING_ABOVE = 1e2
+
+
+def clean(x: Any) -> float | None:
+    """A JSON-safe float: NaN and +-Inf become None (strict JSON has no such numbers)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def fit_window(depth: int) -> tuple[int, int]:
+    """Layers [lo, hi) used by the chi fit: the middle half for depth >= 8, else all layers."""
+    if depth >= 8:
+        return depth // 4, depth - depth // 4
+    return 0, depth
+
+
+def fit_chi(signal_norms: Sequence[float | None]) -> float | None:
+    """Per-layer factor of the squared backward signal, chi = ||dL/dh_l||^2 / ||dL/dh_{l+1}||^2.
+
+    Least-squares line through log(signal_norms[l]^2) against l over `fit_window`;
+    chi = exp(-slope). Layers whose norm is zero (underflow) or non-finite are left out;
+    None when fewer than two layers remain.
+    """
+    s = np.array([np.nan if v is None else v for v in signal_norms], np.float64)
+    lo, hi = fit_window(len(s))
+    layers = np.arange(lo, hi)
+    vals = s[lo:hi]
+    ok = np.isfinite(vals) & (vals > 0)
+    if ok.sum() < 2:
+        return None
+    slope = np.polyfit(layers[ok], np.log(vals[ok] ** 2), 1)[0]
+    return float(np.exp(-slope))
+
+
+def verdict(chi: float | None, depth: int, signal_norms: Sequence[float | None] | None = None) -> str:
+    """'vanishing', 'stable' or 'exploding' by chi^depth; 'n/a' for depth 1.
+
+    Without a fit (fewer than two usable layers), zeros in the signal mean it underflowed
+    ('vanishing') and non-finite values mean it overflowed ('exploding').
+    """
+    if chi is None or chi <= 0:
+        if depth < 2 or signal_norms is None:
+            return "n/a"
+        s = np.array([np.nan if v is None else v for v in signal_norms], np.float64)
+        if np.any(~np.isfinite(s)):
+            return "exploding"
+        if np.any(s == 0):
+            return "vanishing"
+        return "n/a"
+    log_gain = depth * math.log10(chi)
+    if log_gain < math.log10(VANISHING_BELOW):
+        return "vanishing"
+    if log_gain > math.log10(EXPLODING_ABOVE):
+        return "exploding"
+    return "stable"
+
+
+def _fmt_sci(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.1e}"
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (model, depth, activation, norm, residual) config, aggregated over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (model, depth, act, norm, residual), rs in groups.items():
+        chis = [r["chi"] for r in rs if r["chi"] is not None]
+        accs = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
+        ratios = []
+        for r in rs:
+            s = r["signal_norms_init"]
+            if s and s[0] is not None and s[-1] not in (None, 0):
+                ratios.append(s[0] / s[-1])
+        verdicts = [r["verdict"] for r in rs]
+        out.append(
+            {
+                "model": model,
+                "depth": depth,
+                "activation": act,
+                "norm": norm,
+                "residual": residual,
+                "init": rs[0]["init"],
+                "seeds": len(rs),
+                "chi": float(np.median(chis)) if chis else None,
+                "first_over_last": float(np.median(ratios)) if ratios else None,
+                "verdict": max(set(verdicts), key=verdicts.count),
+                "acc_mean": float(np.mean(accs)) if accs else None,
+                "acc_std": float(np.std(accs)) if accs else None,
+                "diverged": sum(bool(r["diverged"]) for r in rs),
+            }
+        )
+    return out
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table, one row per config: chi, gradient ratio, verdict, accuracy, divergences."""
+    lines = [
+        "| depth | activation | norm | init | chi | grad first/last | verdict | test acc | diverged |",
+        "|---:|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for s in summarize(rows):
+        norm = s["norm"] + (" +res" if s["residual"] else "")
+        chi = "-" if s["chi"] is None else f"{s['chi']:.3f}"
+        acc = "-" if s["acc_mean"] is None else f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}%"
+        lines.append(
+            f"| {s['depth']} | {s['activation']} | {norm} | {s['init']} | {chi} | {_fmt_sci(s['first_over_last'])} "
+            f"| {s['verdict']} | {acc} | {s['diverged']}/{s['seeds']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Deep Flax NNX networks with pluggable activation, normalization and init.
+
+Every model has hidden layers 0..depth-1, each `linear map -> norm -> activation`.
+Layer 0 (`stem`) maps the input to `width`; layers 1..depth-1 are identical and are
+stored stacked (leading layer axis) in `blocks`, run under `jax.lax.scan` so that the
+traced program, and compile time, do not grow with depth.
+
+A model is called as `model(x, probes, train)` and returns `(logits, aux)`:
+`probes` (layer x batch x hidden shape, or None) are added to every layer's linear
+output h_l, so that d loss / d probes[l] = d loss / d h_l; `aux["act_rms"]` holds the
+RMS of every layer's post-activation output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from decay.config import RunConfig
+from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
+from decay.registry import Registry
+
+
+def _rms(y: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(y)))
+
+
+class Layer(nnx.Module):
+    """One hidden layer: dense or 3x3 conv -> norm -> activation, with an optional probe on h."""
+
+    def __init__(self, in_features: int, cfg: RunConfig, conv: bool, padding: str, *, rngs: nnx.Rngs):
+        init = resolve_init(cfg.init, cfg.activation)
+        inits = dict(kernel_init=kernel_init(init, cfg.weight_var), bias_init=bias_init(cfg.bias_var))
+        if conv:
+            self.linear = nnx.Conv(in_features, cfg.width, (3, 3), padding=padding, rngs=rngs, **inits)
+            reduce_axes = (-3, -2, -1)  # per-example norms see all positions and channels
+        else:
+            self.linear = nnx.Linear(in_features, cfg.width, rngs=rngs, **inits)
+            reduce_axes = (-1,)
+        self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
+        self.act = ACTIVATIONS.get(cfg.activation)
+
+    def __call__(self, x: jax.Array, probe: jax.Array | None, train: bool) -> jax.Array:
+        h = self.linear(x)
+        if probe is not None:
+            h = h + probe
+        return self.act(self.norm(h, train))
+
+
+class Stack(nnx.Module):
+    """`n` identical layers with stacked parameters, applied in sequence by `jax.lax.scan`."""
+
+    def __init__(self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None):
+        keys = jax.random.split(key, n)
+        self.layer = make_layer(nnx.Rngs(params=keys[0]))  # template; its values are replaced below
+        nnx.update(self.layer, jax.vmap(lambda k: nnx.state(make_layer(nnx.Rngs(params=k))))(keys))
+        self.residual_scale = residual_scale  # None: plain net
+
+    def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+        graphdef, state = nnx.split(self.layer)
+        alpha = self.residual_scale
+
+        def body(h, xs):
+            layer_state, probe = xs
+            layer = nnx.merge(graphdef, layer_state, copy=True)
+            y = layer(h, probe, train)
+            out = y if alpha is None else h + alpha * y
+            return out, (_rms(y), nnx.state(layer, nnx.BatchStat))
+
+        h, (act_rms, batch_stats) = jax.lax.scan(body, h, (state, probes))
+        if train:
+            nnx.update(self.layer, batch_stats)
+        return h, act_rms
+
+
+class MLP(nnx.Module):
+    """`depth` dense hidden layers and a linear head."""
+
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array):
+        k_stem, k_blocks, k_head = jax.random.split(key, 3)
+        d_in = 1
+        for s in input_shape:
+            d_in *= s
+        self.stem = Layer(d_in, cfg, conv=False, padding="", rngs=nnx.Rngs(params=k_stem))
+        make = lambda rngs: Layer(cfg.width, cfg, conv=False, padding="", rngs=rngs)  # noqa: E731
+        alpha = cfg.residual_scale if cfg.residual else None
+        self.blocks = Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
+        self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
+
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
+        x_BxD = x.reshape(x.shape[0], -1)
+        return _forward(self, x_BxD, probes, train, pool=False)
+
+
+class CNN(nnx.Module):
+    """Stem 3x3 conv, depth-1 identical 3x3 conv layers (SAME padding), global average pool, head."""
+
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array):
+        k_stem, k_blocks, k_head = jax.random.split(key, 3)
+        self.stem = Layer(input_shape[-1], cfg, conv=True, padding="SAME", rngs=nnx.Rngs(params=k_stem))
+        make = lambda rngs: Layer(cfg.width, cfg, conv=True, padding="SAME", rngs=rngs)  # noqa: E731
+        alpha = cfg.residual_scale if cfg.residual else None
+        self.blocks = Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
+        self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
+
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
+        return _forward(self, x, probes, train, pool=True)
+
+
+class SeedCNN(nnx.Module):
+    """The seed's example `Net`: Conv 3x3 (VALID) -> norm -> activation -> flatten -> Dense.
+
+    The seed hard-codes the flattened size 1350 (= 6 x 15 x 15, a 17x17 input); here it is
+    computed from the input: 6 x 6 x 6 = 216 on 8x8 digits, 6 x 26 x 26 = 4056 on MNIST.
+    The seed's values are width=6, activation=relu, norm=batchnorm.
+    """
+
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array):
+        k_stem, k_head = jax.random.split(key)
+        h, w, c = input_shape
+        self.stem = Layer(c, cfg, conv=True, padding="VALID", rngs=nnx.Rngs(params=k_stem))
+        self.blocks = None
+        self.head = nnx.Linear((h - 2) * (w - 2) * cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
+
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
+        return _forward(self, x, probes, train, pool=False)
+
+
+def _forward(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, pool: bool):
+    h = model.stem(x, None if probes is None else probes[0], train)
+    act_rms = _rms(h)[None]
+    if model.blocks is not None:
+        h, rest = model.blocks(h, None if probes is None else probes[1:], train)
+        act_rms = jnp.concatenate([act_rms, rest])
+    if pool:
+        h = jnp.mean(h, axis=(1, 2))
+    return model.head(h.reshape(h.shape[0], -1)), {"act_rms": act_rms}
+
+
+MODELS: Registry[type[nnx.Module]] = Registry("model")
+MODELS.add("mlp", MLP)
+MODELS.add("cnn", CNN)
+MODELS.add("seed_cnn", SeedCNN)
+
+
+def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nnx.Module:
+    """Builds the model of `cfg`, parameters drawn from `cfg.seed`."""
+    key = jax.random.key(cfg.seed)
+    return MODELS.get(cfg.model)(cfg, tuple(input_shape), num_classes, key)
+
+
+def hidden_shape(cfg: RunConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-example shape of every hidden layer's h_l (the probe shape without batch)."""
+    if cfg.model == "mlp":
+        return (cfg.width,)
+    h, w, _ = input_shape
+    if cfg.model == "seed_cnn":
+        return (h - 2, w - 2, cfg.width)
+    return (h, w, cfg.width)
+
+
+def layer_kernels(tree: Any) -> list[jax.Array]:
+    """Kernels in layer order from a pure-dict pytree shaped like the params: [stem, stacked blocks]."""
+    out = [tree["stem"]["linear"]["kernel"][None]]
+    if tree.get("blocks"):
+        out.append(tree["blocks"]["layer"]["linear"]["kernel"])
+    return out
+
+
+def kernel_norms(tree: Any) -> jax.Array:
+    """Frobenius norm of every hidden layer's kernel, layer 0 first: shape [depth]."""
+    norms = [jnp.sqrt(jnp.sum(jnp.square(k), axis=tuple(range(1, k.ndim)))) for k in layer_kernels(tree)]
+    return jnp.concatenate(norms)

@@ -1,0 +1,313 @@
+"""One pure, jit-compiled train step that returns per-layer gradient statistics, and the run loop.
+
+Per hidden layer l (0 nearest the input) the step computes, inside the jit:
+  grad_norms[l]    ||dL/dW_l||_F, the kernel's gradient
+  signal_norms[l]  ||dL/dh_l||_F over batch and units, h_l the layer's linear output,
+                   taken through zero probes added to h_l (d loss / d probe = d loss / d h_l)
+  act_rms[l]       RMS of the layer's post-activation output
+  weight_norms[l]  ||W_l||_F before the update
+  update_ratio[l]  ||delta W_l||_F / ||W_l||_F of this step's update
+Steps run in chunks under `jax.lax.scan`, so a chunk of steps is one device call and
+its per-layer arrays reach the host in one transfer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from decay import metrics as metrics_lib
+from decay import models, optim
+from decay.config import RunConfig
+from decay.data import Dataset
+from decay.layers import resolve_init
+
+EVAL_BATCH = 1000  # test examples per evaluation call
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training; a pytree."""
+
+    step: jax.Array  # int32 scalar: steps taken
+    params: nnx.State  # nnx.Param variables
+    batch_stats: nnx.State  # nnx.BatchStat variables (empty without batchnorm)
+    opt_state: Any  # optax state
+    halted: jax.Array  # bool scalar: a non-finite loss or gradient was seen; updates stop
+
+
+class Program(NamedTuple):
+    """The compiled functions of one configuration (all seeds share them)."""
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    measure: Callable[..., dict[str, jax.Array]]
+    eval_batch: Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def _apply(graphdef, params, batch_stats, x, probes, train: bool):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
+    logits, aux = model(x, probes, train)
+    return logits, aux, nnx.state(model, nnx.BatchStat)
+
+
+def _loss(graphdef, params, probes, batch_stats, x, y):
+    logits, aux, new_bs = _apply(graphdef, params, batch_stats, x, probes, True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (aux, new_bs)
+
+
+def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batch_stats, x, y):
+    """Loss, parameter gradients, new batch stats and per-layer statistics at `params`."""
+    probes = jnp.zeros((depth, x.shape[0], *hidden), x.dtype)
+    # batch_stats is an argument, not a closure, so that batchnorm may update it inside the trace.
+    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), argnums=(0, 1), has_aux=True)
+    (loss, (aux, new_bs)), (grads, probe_grads) = grad_fn(params, probes, batch_stats, x, y)
+    stats = {
+        "loss": loss,
+        "grad_norms": models.kernel_norms(nnx.to_pure_dict(grads)),
+        "signal_norms": jnp.sqrt(jnp.sum(jnp.square(probe_grads), axis=tuple(range(1, probe_grads.ndim)))),
+        "act_rms": aux["act_rms"],
+        "weight_norms": models.kernel_norms(nnx.to_pure_dict(params)),
+    }
+    return grads, new_bs, stats
+
+
+def train_step(graphdef, tx, depth, hidden, state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD/Adam step and its per-layer statistics; a pure function of its inputs."""
+    grads, new_bs, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x, y)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    stats["update_ratio"] = models.kernel_norms(nnx.to_pure_dict(updates)) / stats["weight_norms"]
+    finite = jnp.isfinite(stats["loss"])
+    finite &= jnp.all(jnp.isfinite(stats["grad_norms"])) & jnp.all(jnp.isfinite(stats["signal_norms"]))
+    stats["finite"] = finite
+    keep = finite & ~state.halted  # once halted, the state stays at the last finite point
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=pick(params, state.params),
+        batch_stats=pick(new_bs, state.batch_stats),
+        opt_state=pick(opt_state, state.opt_state),
+        halted=state.halted | ~finite,
+    )
+    return new_state, stats
+
+
+def batch_indices(data_key: jax.Array, step: jax.Array, n_train: int, batch_size: int) -> jax.Array:
+    """Indices of step `step`'s minibatch: a fresh permutation per epoch, last partial batch dropped."""
+    per_epoch = n_train // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n_train)
+    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+
+
+def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
+    tx = optim.build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm)
+    depth, bsz = cfg.depth, cfg.batch_size
+
+    def train_chunk(state, x_train, y_train, data_key, n_steps):
+        def body(state, _):
+            idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
+            return train_step(graphdef, tx, depth, hidden, state, x_train[idx], y_train[idx])
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    def measure(state, x_train, y_train, data_key):
+        idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
+        _, _, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x_train[idx], y_train[idx])
+        return stats
+
+    def eval_batch(params, batch_stats, x, y, mask):
+        logits, _, _ = _apply(graphdef, params, batch_stats, x, None, False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct * mask)
+
+    return Program(graphdef, tx, jax.jit(train_chunk, static_argnames="n_steps"), jax.jit(measure), jax.jit(eval_batch))
+
+
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
+    """Compiled functions for `cfg`, reused across seeds (a small LRU cache keyed by the config)."""
+    key = (dataclasses.replace(cfg, seed=0), hidden)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = _make_program(cfg, graphdef, hidden)
+        while len(_PROGRAMS) > 8:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key]
+
+
+def init_state(cfg: RunConfig, dataset: Dataset) -> tuple[Program, TrainState]:
+    """Builds the model of `cfg` and its compiled program; returns (program, state at step 0)."""
+    input_shape = dataset.x_train.shape[1:]
+    model = models.build(cfg, input_shape, dataset.num_classes)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    prog = program(cfg, graphdef, models.hidden_shape(cfg, input_shape))
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool))
+    return prog, state
+
+
+def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
+    n = x_test.shape[0]
+    size = min(EVAL_BATCH, n)
+    loss_sum, correct = 0.0, 0.0
+    for start in range(0, n, size):
+        xb, yb = x_test[start : start + size], y_test[start : start + size]
+        mask = jnp.ones((xb.shape[0],), bool)
+        pad = size - xb.shape[0]
+        if pad:  # keep one compiled shape: pad the last batch and mask it out
+            xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+            mask = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
+        ls, c = prog.eval_batch(state.params, state.batch_stats, xb, yb, mask)
+        loss_sum += float(ls)
+        correct += float(c)
+    return loss_sum / n, correct / n
+
+
+def gradients(model: nnx.Module, x: jax.Array, y: jax.Array, train: bool = True) -> nnx.State:
+    """The gradient of the mean cross-entropy w.r.t. every parameter: a pytree shaped like the params."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+    @jax.jit
+    def grad_fn(params, batch_stats, x, y):
+        def loss(p, bs):
+            logits, _, _ = _apply(graphdef, p, bs, x, None, train)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss)(params, batch_stats)
+
+    return grad_fn(params, batch_stats, x, y)
+
+
+def _to_list(a) -> list[float | None]:
+    return [metrics_lib.clean(v) for v in np.asarray(a, np.float64).ravel()]
+
+
+class RunProgress(NamedTuple):
+    """Reported after every chunk of a run."""
+
+    step: int
+    total: int
+    loss: float
+
+
+def train_run(
+    cfg: RunConfig,
+    dataset: Dataset,
+    device_data: tuple[jax.Array, ...] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+) -> dict[str, Any]:
+    """Trains one configuration and returns its `results.jsonl` row.
+
+    `device_data` (x_train, y_train, x_test, y_test as device arrays) avoids re-uploading
+    the dataset for every run of a sweep.
+    """
+    t0 = time.perf_counter()
+    if device_data is None:
+        device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
+    x_train, y_train, x_test, y_test = device_data
+    prog, state = init_state(cfg, dataset)
+    data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+
+    test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+    history = [{"step": 0, "train_loss": None, "test_loss": metrics_lib.clean(test_loss), "test_accuracy": test_acc}]
+    init_stats: dict[str, np.ndarray] | None = None
+    last_stats: dict[str, np.ndarray] | None = None
+    recent_losses: list[float] = []
+    diverged_at: int | None = None
+
+    if cfg.steps == 0:
+        init_stats = jax.device_get(prog.measure(state, x_train, y_train, data_key))
+        last_stats = init_stats
+        recent_losses = [float(init_stats["loss"])]
+        diverged_at = None if np.isfinite(recent_losses[0]) and np.all(np.isfinite(init_stats["signal_norms"])) else 0
+
+    done = 0
+    while done < cfg.steps and diverged_at is None:
+        n = min(cfg.eval_every, cfg.steps - done)
+        state, chunk = prog.train_chunk(state, x_train, y_train, data_key, n_steps=n)
+        chunk = jax.device_get(chunk)  # one transfer for every per-layer value of the chunk
+        if init_stats is None:
+            init_stats = {k: v[0] for k, v in chunk.items()}
+        bad = np.flatnonzero(~chunk["finite"])
+        good = int(bad[0]) if bad.size else n
+        if good:
+            last_stats = {k: v[good - 1] for k, v in chunk.items()}
+        elif last_stats is None:  # the very first step is non-finite
+            last_stats = {k: v[0] for k, v in chunk.items()}
+        recent_losses = (recent_losses + [float(v) for v in chunk["loss"][:good]])[-10:]
+        if bad.size:
+            diverged_at = done + good
+            break
+        done += n
+        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+        history.append(
+            {
+                "step": done,
+                "train_loss": metrics_lib.clean(float(np.mean(chunk["loss"]))),
+                "test_loss": metrics_lib.clean(test_loss),
+                "test_accuracy": test_acc,
+            }
+        )
+        if on_progress is not None:
+            on_progress(RunProgress(done, cfg.steps, float(np.mean(chunk["loss"]))))
+
+    if diverged_at is not None and cfg.steps > 0:
+        # Parameters stayed at the last finite step: evaluate what survived.
+        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+    chi = metrics_lib.fit_chi(init_stats["signal_norms"])
+    final_loss = float(np.mean(recent_losses)) if recent_losses else math.nan
+    return {
+        "name": cfg.name,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "depth": cfg.depth,
+        "width": cfg.width,
+        "activation": cfg.activation,
+        "norm": cfg.norm,
+        "init": resolve_init(cfg.init, cfg.activation),
+        "weight_var": cfg.weight_var,
+        "bias_var": cfg.bias_var,
+        "residual": cfg.residual,
+        "residual_scale": cfg.residual_scale,
+        "optimizer": cfg.optimizer,
+        "learning_rate": cfg.learning_rate,
+        "clip_norm": cfg.clip_norm,
+        "batch_size": cfg.batch_size,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "final_loss": metrics_lib.clean(final_loss),
+        "test_loss": metrics_lib.clean(test_loss),
+        "test_accuracy": metrics_lib.clean(test_acc),
+        "diverged": diverged_at is not None,
+        "diverged_at_step": diverged_at,
+        "chi": metrics_lib.clean(chi),
+        "verdict": metrics_lib.verdict(chi, cfg.depth, init_stats["signal_norms"]),
+        "grad_norms_init": _to_list(init_stats["grad_norms"]),
+        "signal_norms_init": _to_list(init_stats["signal_norms"]),
+        "act_rms_init": _to_list(init_stats["act_rms"]),
+        "weight_norms_init": _to_list(init_stats["weight_norms"]),
+        "grad_norms_final": _to_list(last_stats["grad_norms"]),
+        "signal_norms_final": _to_list(last_stats["signal_norms"]),
+        "act_rms_final": _to_list(last_stats["act_rms"]),
+        "weight_norms_final": _to_list(last_stats["weight_norms"]),
+        "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
+        "history": history,
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }

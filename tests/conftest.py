@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny configs and datasets so that the suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from decay.config import RunConfig
+from decay.data import Dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Dataset:
+    """64 train / 32 test Gaussian 8x8x1 images, 10 classes."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 96).astype(np.int32)
+    return Dataset("tiny", x[:64], y[:64], x[64:], y[64:], 10)
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """Depth 3, width 8, batch 16, 4 steps."""
+    base = RunConfig(depth=3, width=8, batch_size=16, steps=4, eval_every=2, activation="tanh", norm="none")
+    return dataclasses.replace(base, **overrides)

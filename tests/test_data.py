@@ -1,0 +1,84 @@
+"""Dataset loaders: the embedded one, and local MNIST/CIFAR-10 files read from their standard formats."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from decay import data
+from decay.config import ConfigError
+
+
+def test_digits_is_embedded_and_split_fixed_by_seed():
+    a = data.load("digits", None, 0)
+    b = data.load("digits", None, 0)
+    c = data.load("digits", None, 1)
+    assert a.x_train.shape == (1438, 8, 8, 1) and a.x_test.shape == (359, 8, 8, 1)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.y_train, c.y_train)
+    assert abs(float(a.x_train.mean())) < 1e-5 and float(a.x_train.std()) == pytest.approx(1.0, rel=1e-4)
+    assert set(np.unique(a.y_train)) == set(range(10))
+
+
+def test_synthetic_labels_come_from_a_fixed_teacher():
+    a, b = data.load("synthetic", None, 0), data.load("synthetic", None, 0)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert len(np.unique(a.y_train)) >= 5
+
+
+def _write_idx(path, arr, gz):
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_mnist_reads_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (5, 28, 28))
+    labels = np.array([0, 1, 2, 3, 4])
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs, gz=True)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs[:2], gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:2], gz=False)
+    ds = data.load("mnist", str(tmp_path), 0)
+    assert ds.x_train.shape == (5, 28, 28, 1) and ds.x_test.shape == (2, 28, 28, 1)
+    np.testing.assert_array_equal(ds.y_train, labels)
+
+
+def test_mnist_missing_files_name_them(tmp_path):
+    with pytest.raises(ConfigError, match="set --data_dir"):
+        data.load("mnist", None, 0)
+    with pytest.raises(ConfigError, match="is not a folder"):
+        data.load("mnist", str(tmp_path / "nope"), 0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((1, 2, 2)), gz=False)
+    with pytest.raises(ConfigError, match="lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
+        data.load("mnist", str(tmp_path), 0)
+
+
+def test_mnist_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "x"
+    _write_idx(path, np.zeros((4, 3, 3)), gz=False)
+    with open(path, "r+b") as f:
+        f.truncate(20)
+    with pytest.raises(ConfigError, match="truncated"):
+        data.read_idx(str(path))
+
+
+def test_cifar10_reads_binary_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rec = np.concatenate([rng.integers(0, 10, (3, 1)), rng.integers(0, 256, (3, 3072))], axis=1)
+        (folder / name).write_bytes(rec.astype(np.uint8).tobytes())
+    ds = data.load("cifar10", str(tmp_path), 0)
+    assert ds.x_train.shape == (15, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3)
+    # Channel-first records become NHWC: pixel (0, 0) of channel c is byte 1 + c * 1024.
+    raw = np.frombuffer((folder / "test_batch.bin").read_bytes(), np.uint8).reshape(3, 3073)
+    x = ds.x_test * 0 + np.asarray(data.read_cifar_bin(str(folder / "test_batch.bin"))[0], np.float32)
+    assert [x[0, 0, 0, c] for c in range(3)] == [raw[0, 1 + c * 1024] for c in range(3)]

@@ -1,0 +1,186 @@
+"""The depth sweep end to end: results.jsonl, resume, divergence, determinism and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from decay import ConfigError, SweepConfig, run_sweep
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = [
+    "model",
+    "dataset",
+    "depth",
+    "width",
+    "activation",
+    "norm",
+    "init",
+    "weight_var",
+    "bias_var",
+    "residual",
+    "residual_scale",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "steps",
+    "seed",
+    "final_loss",
+    "test_accuracy",
+    "diverged",
+    "diverged_at_step",
+    "chi",
+    "verdict",
+    "grad_norms_init",
+    "signal_norms_init",
+    "act_rms_init",
+    "grad_norms_final",
+    "signal_norms_final",
+]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.depth_sweep", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_depth_sweep_end_to_end(tmp_path):
+    workdir = tmp_path / "sweep"
+    args = [
+        f"--workdir={workdir}",
+        "--depths=2,3",
+        "--activations=tanh,relu",
+        "--norms=none,batchnorm",
+        "--seeds=2",
+        "--width=8",
+        "--steps=6",
+        "--eval_every=3",
+        "--batch_size=32",
+    ]
+    out = _cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert "[16/16]" in out.stdout and "| depth | activation | norm |" in out.stdout
+    rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 16
+    assert {(r["depth"], r["activation"], r["norm"], r["seed"]) for r in rows} == {
+        (d, a, n, s) for d in (2, 3) for a in ("tanh", "relu") for n in ("none", "batchnorm") for s in (0, 1)
+    }
+    for r in rows:
+        assert set(REQUIRED) <= set(r)
+        for key in ("grad_norms_init", "signal_norms_init", "act_rms_init", "grad_norms_final", "signal_norms_final"):
+            assert len(r[key]) == r["depth"] and all(v > 0 for v in r[key])
+        assert r["verdict"] in ("vanishing", "stable", "exploding")
+        assert r["chi"] > 0 and 0 <= r["test_accuracy"] <= 1 and r["diverged"] is False
+        assert r["init"] == ("he_normal" if r["activation"] == "relu" else "lecun_normal")
+        assert [h["step"] for h in r["history"]] == [0, 3, 6]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["depths"] == [2, 3] and config["base"]["width"] == 8
+
+    # Same command again: every run is skipped and results.jsonl is untouched.
+    before = (workdir / "results.jsonl").read_bytes()
+    again = _cli(*args)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 16
+    assert (workdir / "results.jsonl").read_bytes() == before
+
+    # Different flags on the same workdir: refused, naming the flag.
+    other = _cli(*args[:-1], "--batch_size=16")
+    assert other.returncode != 0 and "--batch_size (32 -> 16)" in other.stderr
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    cfg = SweepConfig(
+        base=tiny_config(steps=5, dataset="synthetic"), depths=(3,), activations=("tanh",), norms=("batchnorm",), seeds=2
+    )
+    a = run_sweep(cfg, str(tmp_path / "a"))
+    b = run_sweep(cfg, str(tmp_path / "b"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a[0]["signal_norms_init"] != a[1]["signal_norms_init"]  # different seeds differ
+
+
+def test_diverging_run_is_recorded_and_sweep_goes_on(tmp_path):
+    cfg = SweepConfig(
+        base=tiny_config(steps=20, eval_every=5, learning_rate=1e30, dataset="synthetic"),
+        depths=(2, 4),
+        activations=("relu",),
+        norms=("none",),
+        seeds=1,
+    )
+    rows = run_sweep(cfg, str(tmp_path))
+    assert len(rows) == 2
+    for r in rows:
+        assert r["diverged"] is True and 0 <= r["diverged_at_step"] < 20
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["diverged"] for line in lines)
+
+
+def test_steps_zero_measures_at_initialization(tmp_path):
+    cfg = SweepConfig(
+        base=tiny_config(steps=0, dataset="synthetic"), depths=(4,), activations=("tanh",), norms=("none",), seeds=1
+    )
+    (r,) = run_sweep(cfg, str(tmp_path))
+    assert r["grad_norms_init"] == r["grad_norms_final"] and len(r["signal_norms_init"]) == 4
+    assert r["history"] == [r["history"][0]] and r["final_loss"] > 0
+
+
+# ---- bad input: one line on stderr naming the flag, non-zero exit, no traceback ----
+
+
+def _run_main(capsys, *args):
+    from experiments import depth_sweep
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["depth_sweep", *args])
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.main(["depth_sweep"])
+    err = capsys.readouterr().err.strip()
+    flags.FLAGS.unparse_flags()
+    return exc.value.code, err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--activations=tanh,softsign"], "--activations contains unknown 'softsign'; allowed: linear, sigmoid"),
+        (["--norms=groupnorm"], "--norms contains unknown 'groupnorm'; allowed: none, batchnorm, layernorm, rmsnorm"),
+        (["--model=transformer"], "--model='transformer' is unknown; allowed: mlp, cnn, seed_cnn"),
+        (["--init=xavier"], "--init='xavier' is unknown; allowed: auto, lecun_normal"),
+        (["--optimizer=lbfgs"], "--optimizer='lbfgs' is unknown; allowed: sgd, momentum, adam, adamw"),
+        (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits, synthetic, mnist, cifar10"),
+        (["--depths=4,0"], "--depths contains 0; every depth must be an integer >= 1"),
+        (["--depths=4,x"], "--depths contains 'x'"),
+        (["--width=0"], "--width=0; must be an integer >= 1"),
+        (["--learning_rate=-0.1"], "--learning_rate=-0.1; must be > 0"),
+        (["--learning_rate=0"], "--learning_rate=0; must be > 0"),
+        (["--batch_size=0"], "--batch_size=0; must be an integer >= 1"),
+        (["--batch_size=5000"], "--batch_size=5000 exceeds the 1438 training examples of --dataset=digits"),
+        (["--dataset=mnist"], "--dataset=mnist reads local files: set --data_dir"),
+        (["--dataset=mnist", "--data_dir=/nonexistent/mnist"], "--data_dir=/nonexistent/mnist is not a folder"),
+        (["--model=seed_cnn", "--depths=2"], "--depths must be 1 for --model=seed_cnn"),
+    ],
+)
+def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
+    code, err = _run_main(capsys, f"--workdir={tmp_path}", "--depths=2", "--quiet", *args)
+    assert code != 0
+    assert "\n" not in err and "Traceback" not in err
+    assert expected in err
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    out = _cli(f"--workdir={tmp_path}", "--activations=softsign", "--depths=2")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "--activations" in out.stderr
+
+
+def test_run_sweep_raises_config_error_on_bad_config(tmp_path):
+    cfg = SweepConfig(base=dataclasses.replace(tiny_config(), width=0), depths=(2,))
+    with pytest.raises(ConfigError, match="--width=0"):
+        run_sweep(cfg, str(tmp_path))
