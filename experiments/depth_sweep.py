@@ -118,5 +118,14 @@ def main(argv: list[str]) -> None:
     print(f"\nresults: {workdir}/results.jsonl")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag value is one line on stderr, not a usage dump."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+        raise  # unreachable: _fail exits
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -174,10 +174,11 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
     assert expected in err
 
 
-def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    out = _cli(f"--workdir={tmp_path}", "--activations=softsign", "--depths=2")
+@pytest.mark.parametrize("args, flag", [(["--activations=softsign"], "--activations"), (["--width=abc"], "--width")])
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path, args, flag):
+    out = _cli(f"--workdir={tmp_path}", "--depths=2", *args)
     assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "--activations" in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and flag in out.stderr
 
 
 def test_run_sweep_raises_config_error_on_bad_config(tmp_path):
