@@ -32,7 +32,9 @@ class RunConfig:
     clip_norm: float | None = None  # clip updates to this global gradient norm; None: no clipping
     batch_size: int = 128  # examples per training step
     steps: int = 300  # training steps; 0 measures at initialization only
-    eval_every: int = 100  # steps between test evaluations (and loss-history points)
+    eval_every: int = 100  # steps between test evaluations
+    log_every: int = 10  # steps between TensorBoard points and loss-history points
+    histograms: bool = False  # also log per-layer histograms of log10 |dL/dW_l| (computed in the jit)
     seed: int = 0  # seeds parameters and the order of minibatches
     data_seed: int = 0  # seeds the train/test split and synthetic data, shared by all runs
     bn_momentum: float = 0.9  # running-average decay of batchnorm statistics
@@ -127,6 +129,7 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.batch_size >= 1, f"--batch_size={b.batch_size}; must be an integer >= 1")
     _check(b.steps >= 0, f"--steps={b.steps}; must be an integer >= 0 (0: measure at initialization only)")
     _check(b.eval_every >= 1, f"--eval_every={b.eval_every}; must be an integer >= 1")
+    _check(b.log_every >= 1, f"--log_every={b.log_every}; must be an integer >= 1")
     _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")
     _check(b.weight_var is None or b.weight_var > 0, f"--weight_var={b.weight_var}; must be > 0")
     _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")

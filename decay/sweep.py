@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from decay import data as data_lib
-from decay import results, train
+from decay import report, results, train
 from decay.config import ConfigError, SweepConfig, dumps, validate_sweep
 
 
@@ -53,8 +53,12 @@ def run_sweep(
     on_event: Callable[[Event], None] | None = None,
     on_progress: Callable[[train.RunProgress], None] | None = None,
     command: str | None = None,
+    write_report: bool = True,
 ) -> list[dict[str, Any]]:
     """Runs every configuration of `cfg` not yet in `<workdir>/results.jsonl`; returns all rows.
+
+    Each run logs TensorBoard events to `<workdir>/tb/<run name>/`; at the end
+    `<workdir>/report.md` and `<workdir>/plots/` are (re)written unless `write_report` is False.
 
     Raises ConfigError for invalid settings, or when `workdir` holds a different sweep.
     """
@@ -97,7 +101,8 @@ def run_sweep(
             emit(Event("skip", i, len(runs), run_cfg.name, elapsed, eta, None))
             continue
         emit(Event("start", i, len(runs), run_cfg.name, elapsed, eta, None))
-        row = train.train_run(run_cfg, dataset, device_data, on_progress)
+        log_dir = os.path.join(workdir, "tb", run_cfg.name)
+        row = train.train_run(run_cfg, dataset, device_data, on_progress, log_dir=log_dir)
         results.append_jsonl(results_path, row)
         rows.append(row)
         done_cost += _cost(run_cfg)
@@ -105,4 +110,6 @@ def run_sweep(
         eta = elapsed / done_cost * (total_cost - done_cost)
         emit(Event("done", i, len(runs), run_cfg.name, elapsed, eta, row))
     order = {r.name: k for k, r in enumerate(runs)}
+    if write_report:
+        report.write_report(workdir)
     return sorted((r for r in rows if r["name"] in order), key=lambda r: order[r["name"]])

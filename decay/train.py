@@ -27,11 +27,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from decay import histograms, models, optim
 from decay import metrics as metrics_lib
-from decay import models, optim
 from decay.config import RunConfig
 from decay.data import Dataset
 from decay.layers import resolve_init
+from decay.tensorboard_writer import RunWriter
 
 EVAL_BATCH = 1000  # test examples per evaluation call
 
@@ -52,6 +53,7 @@ class Program(NamedTuple):
     graphdef: Any
     tx: optax.GradientTransformation
     train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    bare_chunk: Callable[..., tuple[TrainState, jax.Array]]  # no per-layer statistics: the benchmark baseline
     measure: Callable[..., dict[str, jax.Array]]
     eval_batch: Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -84,9 +86,24 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
     return grads, new_bs, stats
 
 
-def train_step(graphdef, tx, depth, hidden, state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD/Adam step and its per-layer statistics; a pure function of its inputs."""
+def _grad_histograms(grads) -> dict[str, jax.Array]:
+    """Per-layer log-magnitude histograms of the kernel gradients: counts [depth, bins], zero/nan/inf [depth]."""
+    per_layer = [jax.vmap(histograms.log_histogram)(k) for k in models.layer_kernels(nnx.to_pure_dict(grads))]
+    return {f"grad_hist_{k}": jnp.concatenate([h[k] for h in per_layer]) for k in ("counts", "zero", "nan", "inf")}
+
+
+def train_step(
+    graphdef, tx, depth, hidden, state: TrainState, x, y, log_every: int | None = None
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step and its per-layer statistics; a pure function of its inputs.
+
+    With `log_every`, per-layer gradient histograms are added, computed on steps divisible
+    by it (zeros elsewhere).
+    """
     grads, new_bs, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x, y)
+    if log_every is not None:
+        empty = jax.tree.map(jnp.zeros_like, jax.eval_shape(_grad_histograms, grads))
+        stats.update(jax.lax.cond(state.step % log_every == 0, _grad_histograms, lambda g: empty, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     stats["update_ratio"] = models.kernel_norms(nnx.to_pure_dict(updates)) / stats["weight_norms"]
@@ -116,10 +133,24 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
     tx = optim.build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm)
     depth, bsz = cfg.depth, cfg.batch_size
 
+    hist_every = cfg.log_every if cfg.histograms else None
+
     def train_chunk(state, x_train, y_train, data_key, n_steps):
         def body(state, _):
             idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
-            return train_step(graphdef, tx, depth, hidden, state, x_train[idx], y_train[idx])
+            return train_step(graphdef, tx, depth, hidden, state, x_train[idx], y_train[idx], hist_every)
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    def bare_chunk(state, x_train, y_train, data_key, n_steps):
+        def body(state, _):
+            idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
+            (loss, (_, new_bs)), grads = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)(
+                state.params, None, state.batch_stats, x_train[idx], y_train[idx]
+            )
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return state._replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state), loss
 
         return jax.lax.scan(body, state, None, length=n_steps)
 
@@ -134,7 +165,14 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
         return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct * mask)
 
-    return Program(graphdef, tx, jax.jit(train_chunk, static_argnames="n_steps"), jax.jit(measure), jax.jit(eval_batch))
+    return Program(
+        graphdef,
+        tx,
+        jax.jit(train_chunk, static_argnames="n_steps"),
+        jax.jit(bare_chunk, static_argnames="n_steps"),
+        jax.jit(measure),
+        jax.jit(eval_batch),
+    )
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
@@ -212,11 +250,12 @@ def train_run(
     dataset: Dataset,
     device_data: tuple[jax.Array, ...] | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
+    log_dir: str | None = None,
 ) -> dict[str, Any]:
     """Trains one configuration and returns its `results.jsonl` row.
 
     `device_data` (x_train, y_train, x_test, y_test as device arrays) avoids re-uploading
-    the dataset for every run of a sweep.
+    the dataset for every run of a sweep. With `log_dir`, TensorBoard events go there.
     """
     t0 = time.perf_counter()
     if device_data is None:
@@ -225,18 +264,25 @@ def train_run(
     prog, state = init_state(cfg, dataset)
     data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
 
+    writer = RunWriter(log_dir, cfg.depth) if log_dir else None
     test_loss, test_acc = evaluate(prog, state, x_test, y_test)
     history = [{"step": 0, "train_loss": None, "test_loss": metrics_lib.clean(test_loss), "test_accuracy": test_acc}]
+    if writer:
+        writer.write_eval(0, test_loss, test_acc)
     init_stats: dict[str, np.ndarray] | None = None
     last_stats: dict[str, np.ndarray] | None = None
     recent_losses: list[float] = []
+    loss_history: list[list[Any]] = []
     diverged_at: int | None = None
 
     if cfg.steps == 0:
         init_stats = jax.device_get(prog.measure(state, x_train, y_train, data_key))
         last_stats = init_stats
         recent_losses = [float(init_stats["loss"])]
+        loss_history = [[0, metrics_lib.clean(recent_losses[0])]]
         diverged_at = None if np.isfinite(recent_losses[0]) and np.all(np.isfinite(init_stats["signal_norms"])) else 0
+        if writer:
+            writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init_stats.items()})
 
     done = 0
     while done < cfg.steps and diverged_at is None:
@@ -252,11 +298,19 @@ def train_run(
         elif last_stats is None:  # the very first step is non-finite
             last_stats = {k: v[0] for k, v in chunk.items()}
         recent_losses = (recent_losses + [float(v) for v in chunk["loss"][:good]])[-10:]
+        # Logged steps: every log_every-th, the run's last, and the step that diverged.
+        steps = done + np.arange(min(good + 1, n))
+        keep = (steps % cfg.log_every == 0) | (steps == cfg.steps - 1) | (steps == done + good)
+        loss_history += [[int(t), metrics_lib.clean(chunk["loss"][t - done])] for t in steps[keep]]
+        if writer:
+            writer.write_steps(steps[keep], {k: v[steps[keep] - done] for k, v in chunk.items()})
         if bad.size:
             diverged_at = done + good
             break
         done += n
         test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+        if writer:
+            writer.write_eval(done, test_loss, test_acc)
         history.append(
             {
                 "step": done,
@@ -271,6 +325,8 @@ def train_run(
     if diverged_at is not None and cfg.steps > 0:
         # Parameters stayed at the last finite step: evaluate what survived.
         test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+    if writer:
+        writer.close()
     chi = metrics_lib.fit_chi(init_stats["signal_norms"])
     final_loss = float(np.mean(recent_losses)) if recent_losses else math.nan
     return {
@@ -309,5 +365,7 @@ def train_run(
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
         "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
         "history": history,
+        "loss_history": loss_history,
+        "num_classes": dataset.num_classes,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }

@@ -14,6 +14,9 @@ import shlex
 import sys
 
 from absl import app, flags
+from tqdm import tqdm
+
+from experiments._cli import fail, fmt_time, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "digits (embedded), synthetic, mnist or cifar10 (local files).")
@@ -35,24 +38,75 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Examples per step.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps per run; 0 measures at initialization only.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per grid point (0..seeds-1).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evaluations.")
-_QUIET = flags.DEFINE_bool("quiet", False, "Print only the final table.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard points.")
+_HISTOGRAMS = flags.DEFINE_bool("histograms", False, "Also log per-layer log10|gradient| histograms to TensorBoard.")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+class Progress:
+    """Progress of a sweep: live bars on a terminal, one line per run otherwise (CI, pipes)."""
 
+    def __init__(self, total: int, quiet: bool):
+        self.quiet = quiet
+        self.live = not quiet and sys.stderr.isatty()
+        self.runs = None
+        self.steps = None
+        if self.live:
+            fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]"
+            self.runs = tqdm(total=total, bar_format=fmt, dynamic_ncols=True)
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.live:
+            tqdm.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_event(self, e) -> None:
+        if self.quiet:
+            return
+        if e.kind == "start" and self.live:
+            self.runs.set_description(e.name)
+            self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
+        elif e.kind == "skip":
+            self.line(f"[{e.index}/{e.total}] {e.name}: already in results.jsonl, skipped")
+            if self.live:
+                self.runs.update(1)
+        elif e.kind == "done":
+            if self.steps is not None:
+                self.steps.close()
+                self.steps = None
+            r = e.row
+            acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}%"
+            chi = "-" if r["chi"] is None else f"{r['chi']:.3f}"
+            div = f" DIVERGED at step {r['diverged_at_step']}" if r["diverged"] else ""
+            self.line(
+                f"[{e.index}/{e.total}] {e.name}: chi {chi} ({r['verdict']}), test acc {acc}{div}"
+                f" | {r['wall_time_s']:.1f}s, elapsed {fmt_time(e.elapsed_s)}, left ~{fmt_time(e.eta_s)}"
+            )
+            if self.live:
+                self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
+                self.runs.update(1)
+
+    def on_step(self, p) -> None:
+        if not self.live:
+            return
+        if self.steps is None:
+            self.steps = tqdm(total=p.total, desc="  steps", leave=False, dynamic_ncols=True)
+        self.steps.update(p.step - self.steps.n)
+        self.steps.set_postfix_str(f"loss {p.loss:.3f}")
+
+    def close(self) -> None:
+        if self.steps is not None:
+            self.steps.close()
+        if self.runs is not None:
+            self.runs.close()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {' '.join(argv[1:])}; all settings are --flags (see --helpshort)")
+        fail(f"unexpected arguments {' '.join(argv[1:])}; all settings are --flags (see --helpshort)")
 
     # Imported after flag parsing so that --help stays fast.
     from decay import ConfigError, RunConfig, SweepConfig, run_sweep
@@ -63,7 +117,7 @@ def main(argv: list[str]) -> None:
         try:
             depths.append(int(d))
         except ValueError:
-            _fail(f"--depths contains {d!r}; give a comma list of integers >= 1, e.g. 2,4,8")
+            fail(f"--depths contains {d!r}; give a comma list of integers >= 1, e.g. 2,4,8")
     base = RunConfig(
         model=_MODEL.value,
         dataset=_DATASET.value,
@@ -80,6 +134,8 @@ def main(argv: list[str]) -> None:
         batch_size=_BATCH_SIZE.value,
         steps=_STEPS.value,
         eval_every=_EVAL_EVERY.value,
+        log_every=_LOG_EVERY.value,
+        histograms=_HISTOGRAMS.value,
     )
     cfg = SweepConfig(
         base=base,
@@ -89,43 +145,21 @@ def main(argv: list[str]) -> None:
         seeds=_SEEDS.value,
     )
     workdir = _WORKDIR.value or f"runs/depth_sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    command = "python -m experiments.depth_sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(["python -m experiments.depth_sweep", *(shlex.quote(a) for a in sys.argv[1:])])
 
-    def on_event(e) -> None:
-        if _QUIET.value:
-            return
-        if e.kind == "skip":
-            print(f"[{e.index}/{e.total}] {e.name}: already in results.jsonl, skipped", flush=True)
-        elif e.kind == "done":
-            r = e.row
-            acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}%"
-            chi = "-" if r["chi"] is None else f"{r['chi']:.3f}"
-            div = f" DIVERGED at step {r['diverged_at_step']}" if r["diverged"] else ""
-            print(
-                f"[{e.index}/{e.total}] {e.name}: chi {chi} ({r['verdict']}), test acc {acc}{div}"
-                f" | {r['wall_time_s']:.1f}s, elapsed {_fmt_time(e.elapsed_s)}, left ~{_fmt_time(e.eta_s)}",
-                flush=True,
-            )
-
+    progress = Progress(len(cfg.runs()), quiet=_QUIET.value)
     if not _QUIET.value:
-        print(f"depth sweep: {len(cfg.runs())} runs -> {workdir}", flush=True)
+        progress.line(f"depth sweep: {len(cfg.runs())} runs -> {workdir}")
     try:
-        rows = run_sweep(cfg, workdir, on_event=on_event, command=command)
+        rows = run_sweep(cfg, workdir, on_event=progress.on_event, on_progress=progress.on_step, command=command)
     except ConfigError as e:
-        _fail(str(e))
+        progress.close()
+        fail(str(e))
+    progress.close()
     print()
     print(summary_table(rows))
-    print(f"\nresults: {workdir}/results.jsonl")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag value is one line on stderr, not a usage dump."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
-        raise  # unreachable: _fail exits
+    print(f"\nresults: {workdir}/results.jsonl\nreport:  {workdir}/report.md\nTensorBoard: tensorboard --logdir {workdir}/tb")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

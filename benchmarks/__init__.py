@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (medians of repeated runs, ratios against a reference)."""

@@ -1,0 +1,107 @@
+"""What recording every per-layer quantity costs, against a bare training step.
+
+    python -m benchmarks.logging_cost [--width=128 --depth=32 --batch_size=128 --repeats=7]
+
+Three ways to run the same chunk of steps on the same state, interleaved, several repeats,
+medians reported:
+  bare      loss, gradients and the optimizer update only (no probes, no per-layer norms)
+  stats     the decay train step: + grad/signal/weight norms, act RMS, update ratio per layer
+  logged    stats + the per-layer arrays fetched to the host and written to TensorBoard
+            for every step (the --log_every=1 path of a sweep)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from decay import train
+from decay.config import RunConfig
+from decay.data import load
+from decay.tensorboard_writer import RunWriter
+from experiments._cli import parse_flags
+
+_WIDTH = flags.DEFINE_integer("width", 128, "Units per hidden layer.")
+_DEPTH = flags.DEFINE_integer("depth", 32, "Hidden layers.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Examples per step.")
+_NORM = flags.DEFINE_string("norm", "batchnorm", "Normalization.")
+_ACT = flags.DEFINE_string("activation", "tanh", "Activation.")
+_STEPS = flags.DEFINE_integer("steps", 100, "Steps per timed chunk.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repetitions of each variant (medians reported).")
+_HIST = flags.DEFINE_bool("histograms", False, "Also compute and log per-layer gradient histograms every step.")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    cfg = RunConfig(
+        width=_WIDTH.value,
+        depth=_DEPTH.value,
+        batch_size=_BATCH.value,
+        norm=_NORM.value,
+        activation=_ACT.value,
+        dataset="synthetic",
+        log_every=1,
+        histograms=_HIST.value,
+    )
+    data = load(cfg.dataset, None, 0)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    key = jax.random.key(0)
+    prog, state = train.init_state(cfg, data)
+    n = _STEPS.value
+    log_dir = tempfile.mkdtemp(prefix="decay-bench-")
+    writer = RunWriter(log_dir, cfg.depth)
+
+    def bare():
+        s, loss = prog.bare_chunk(state, x, y, key, n_steps=n)
+        jax.block_until_ready(loss)
+
+    def stats():
+        s, chunk = prog.train_chunk(state, x, y, key, n_steps=n)
+        jax.block_until_ready(chunk)
+
+    def logged():
+        s, chunk = prog.train_chunk(state, x, y, key, n_steps=n)
+        chunk = jax.device_get(chunk)  # one transfer for the chunk
+        writer.write_steps(np.arange(n), chunk)
+
+    variants = {"bare": bare, "stats": stats, "logged": logged}
+    for fn in variants.values():  # compile and warm up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(_REPEATS.value):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    writer.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"device: {jax.devices()[0].platform}  width {cfg.width}, depth {cfg.depth}, batch {cfg.batch_size}, "
+        f"{cfg.activation}/{cfg.norm}, histograms {'on' if cfg.histograms else 'off'}; "
+        f"median of {_REPEATS.value} x {n} steps"
+    )
+    print(f"{'variant':<8} {'ms/step':>9} {'vs bare':>8}")
+    for k in variants:
+        print(f"{k:<8} {1e3 * med[k]:9.3f} {med[k] / med['bare']:8.3f}")
+    out = {
+        "config": dataclasses.asdict(cfg),
+        "ms_per_step": {k: 1e3 * v for k, v in med.items()},
+        "ratio_vs_bare": {k: med[k] / med["bare"] for k in med},
+        "all_ms_per_step": {k: [1e3 * t for t in v] for k, v in times.items()},
+    }
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

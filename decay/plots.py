@@ -1,0 +1,336 @@
+"""Figures of a sweep, from `results.jsonl` rows (the only module that imports matplotlib).
+
+Every quantity that spans orders of magnitude is drawn as log10 on a linear axis, so that
+values from 1e-30 to 1e30 share one axis; zeros (underflow), NaNs and Infs cannot be drawn
+there and appear as markers on the panel's bottom edge (zero), top edge (+Inf) or as red
+crosses (NaN) instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib import transforms  # noqa: E402
+
+Row = dict[str, Any]
+NORM_STYLES = {"none": "-", "batchnorm": "--", "layernorm": ":", "rmsnorm": "-."}
+ACT_COLORS = plt.get_cmap("tab10")
+
+
+def as_float_array(values: Sequence[Any] | None) -> np.ndarray:
+    """A float64 array from JSON values: None becomes NaN."""
+    if values is None:
+        return np.array([], np.float64)
+    return np.array([np.nan if v is None else float(v) for v in values], np.float64)
+
+
+def safe_log10(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """log10 of the positive finite values (NaN elsewhere) and boolean masks of the rest."""
+    v = as_float_array(values) if not isinstance(values, np.ndarray) else values.astype(np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    out = np.full(v.shape, np.nan)
+    out[ok] = np.log10(v[ok])
+    masks = {"zero": v == 0, "nan": np.isnan(v), "posinf": v == np.inf, "neg": np.isfinite(v) & (v < 0) | (v == -np.inf)}
+    return out, masks
+
+
+def mark_special(ax, x: np.ndarray, masks: dict[str, np.ndarray], color: Any) -> None:
+    """Draws zeros / +Inf / NaN of a series as markers on the panel's edges (axes coordinates in y)."""
+    trans = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    if masks["zero"].any():
+        ax.scatter(
+            x[masks["zero"]],
+            np.full(masks["zero"].sum(), 0.02),
+            marker="v",
+            color=color,
+            transform=trans,
+            zorder=5,
+            clip_on=False,
+        )
+    if masks["posinf"].any():
+        ax.scatter(
+            x[masks["posinf"]],
+            np.full(masks["posinf"].sum(), 0.98),
+            marker="^",
+            color=color,
+            transform=trans,
+            zorder=5,
+            clip_on=False,
+        )
+    bad = masks["nan"] | masks["neg"]
+    if bad.any():
+        ax.scatter(x[bad], np.full(bad.sum(), 0.5), marker="x", color="red", transform=trans, zorder=5, clip_on=False)
+
+
+def _config_key(r: Row) -> tuple[str, bool]:
+    return r["norm"], bool(r.get("residual"))
+
+
+def _config_label(norm: str, residual: bool) -> str:
+    name = "no norm" if norm == "none" else norm
+    return name + (" + residual" if residual else "")
+
+
+def _depth_colors(depths: Sequence[int]) -> dict[int, Any]:
+    cmap = plt.get_cmap("viridis")
+    n = max(len(depths) - 1, 1)
+    return {d: cmap(0.9 * i / n) for i, d in enumerate(sorted(depths))}
+
+
+def _seed_profiles(rows: Sequence[Row], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Median, min and max over seeds of log10 per-layer values, and masks of the median's specials."""
+    logs, raw = [], []
+    for r in rows:
+        lg, _ = safe_log10(r.get(key))
+        logs.append(lg)
+        raw.append(as_float_array(r.get(key)))
+    logs_a = np.vstack(logs)
+    raw_a = np.vstack(raw)
+    with np.errstate(all="ignore"), _quiet_nan():
+        med = np.nanmedian(logs_a, axis=0)
+        lo = np.nanmin(logs_a, axis=0)
+        hi = np.nanmax(logs_a, axis=0)
+    # A layer is special when no seed gives a drawable value: show the most common special.
+    specials = {
+        "zero": np.all(raw_a == 0, axis=0),
+        "posinf": np.all(raw_a == np.inf, axis=0),
+        "nan": np.all(np.isnan(logs_a), axis=0) & ~np.all(raw_a == 0, axis=0) & ~np.all(raw_a == np.inf, axis=0),
+        "neg": np.zeros(raw_a.shape[1], bool),
+    }
+    return med, lo, hi, specials
+
+
+class _quiet_nan:
+    """Silences numpy's all-NaN-slice warnings (they are expected here)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _group(rows: Sequence[Row], *keys: str) -> dict[tuple, list[Row]]:
+    out: dict[tuple, list[Row]] = {}
+    for r in rows:
+        out.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    return out
+
+
+def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
+    """One figure per activation: per-layer signal and kernel-gradient norms at init, norms side by side.
+
+    Rows of panels: log10 ||dL/dh_l|| against layer (one line per depth, median over seeds,
+    band = min..max); log10 ||dL/dW_l||; a layer x depth heatmap of the median signal norm.
+    Panels of a row share their y (or colour) scale.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    activations = list(dict.fromkeys(r["activation"] for r in rows))
+    for act in activations:
+        act_rows = [r for r in rows if r["activation"] == act]
+        configs = list(dict.fromkeys(_config_key(r) for r in act_rows))
+        depths = sorted({r["depth"] for r in act_rows})
+        colors = _depth_colors(depths)
+        ncol = len(configs)
+        fig, axes = plt.subplots(3, ncol, figsize=(4.2 * ncol + 2.2, 11), squeeze=False, sharey="row", layout="constrained")
+        heat, heat_zero = {}, {}
+        for c, cfg in enumerate(configs):
+            cfg_rows = [r for r in act_rows if _config_key(r) == cfg]
+            for row_i, (key, ylabel) in enumerate(
+                [
+                    ("signal_norms_init", "log10 ||dL/dh_l||  (backprop signal)"),
+                    ("grad_norms_init", "log10 ||dL/dW_l||  (kernel gradient)"),
+                ]
+            ):
+                ax = axes[row_i, c]
+                for d, d_rows in sorted(_group(cfg_rows, "depth").items()):
+                    depth = d[0]
+                    med, lo, hi, specials = _seed_profiles(d_rows, key)
+                    x = np.arange(len(med))
+                    ax.plot(x, med, color=colors[depth], lw=1.5, label=f"depth {depth}")
+                    ax.fill_between(x, lo, hi, color=colors[depth], alpha=0.2, lw=0)
+                    mark_special(ax, x, specials, colors[depth])
+                    if key == "signal_norms_init":
+                        heat[(c, depth)] = med
+                        heat_zero[(c, depth)] = specials["zero"]
+                ax.set_xlabel("layer l  (0 = input side)")
+                if c == 0:
+                    ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+                if row_i == 0:
+                    ax.set_title(f"{act}, {_config_label(*cfg)}")
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colors[d], lw=2, label=f"depth {d}") for d in depths]
+        handles += [
+            Line2D([], [], marker="v", ls="", color="gray", label="0 (underflow)"),
+            Line2D([], [], marker="^", ls="", color="gray", label="+Inf (overflow)"),
+            Line2D([], [], marker="x", ls="", color="red", label="NaN"),
+        ]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="lines: median over seeds\nband: seed min..max")
+        finite = np.concatenate([v[np.isfinite(v)] for v in heat.values()] or [np.array([0.0])])
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if vmin == vmax:
+            vmin, vmax = vmin - 1, vmax + 1
+        image = None
+        for c in range(ncol):
+            ax = axes[2, c]
+            grid = np.full((len(depths), max(depths)), np.nan)
+            exists = np.zeros(grid.shape)
+            underflow = np.zeros(grid.shape, bool)
+            for i, depth in enumerate(depths):
+                if (c, depth) in heat:
+                    grid[i, :depth] = heat[(c, depth)]
+                    exists[i, :depth] = 1.0
+                    underflow[i, :depth] = heat_zero[(c, depth)]
+            extent = (-0.5, max(depths) - 0.5, -0.5, len(depths) - 0.5)
+            # Layers that exist but have no drawable value show grey; zeros (underflow) show blue.
+            ax.imshow(
+                exists,
+                aspect="auto",
+                origin="lower",
+                cmap=mcolors.ListedColormap(["white", "#bbbbbb"]),
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+                extent=extent,
+            )
+            grid[underflow] = vmin - 1.0
+            cmap = plt.get_cmap("magma").with_extremes(bad=(0, 0, 0, 0), under="#2b6cff")
+            image = ax.imshow(
+                grid,
+                aspect="auto",
+                origin="lower",
+                cmap=cmap,
+                norm=mcolors.Normalize(vmin, vmax),
+                interpolation="nearest",
+                extent=extent,
+            )
+            ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+            ax.set_xlabel("layer l  (0 = input side)")
+            if c == 0:
+                ax.set_ylabel("network depth")
+            ax.set_title("median log10 ||dL/dh_l||, layer x depth", fontsize=9)
+        cbar = fig.colorbar(image, ax=axes[2, :].tolist(), extend="min", shrink=0.9)
+        cbar.set_label("log10 ||dL/dh_l||  (blue: 0, underflow; grey: NaN)")
+        fig.suptitle(f"Gradient flow at initialization — {act}: backprop signal and gradient per layer", fontsize=13)
+        paths.append(save(fig, os.path.join(out_dir, f"gradient_flow_{act}.png")))
+    return paths
+
+
+def trainability(rows: Sequence[Row]) -> Any:
+    """chi and test accuracy against depth, one line per activation x norm; returns the figure."""
+    fig, (ax_chi, ax_acc) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    acts = list(dict.fromkeys(r["activation"] for r in rows))
+    for (act, norm, residual), g in _group(rows, "activation", "norm", "residual").items():
+        color = ACT_COLORS(acts.index(act) % 10)
+        style = NORM_STYLES.get(norm, "-")
+        label = f"{act}, {_config_label(norm, bool(residual))}"
+        depths = sorted({r["depth"] for r in g})
+        for ax, key, transform in ((ax_chi, "chi", safe_log10), (ax_acc, "test_accuracy", None)):
+            med, lo, hi = [], [], []
+            for d in depths:
+                vals = as_float_array([r.get(key) for r in g if r["depth"] == d])
+                if transform is not None:
+                    vals = transform(vals)[0]
+                with _quiet_nan():
+                    med.append(np.nanmedian(vals) if vals.size else np.nan)
+                    lo.append(np.nanmin(vals) if vals.size else np.nan)
+                    hi.append(np.nanmax(vals) if vals.size else np.nan)
+            ax.plot(depths, med, style, color=color, marker="o", ms=3, label=label)
+            ax.fill_between(depths, lo, hi, color=color, alpha=0.12, lw=0)
+        div = [(r["depth"], r.get("test_accuracy")) for r in g if r.get("diverged")]
+        if div:
+            ax_acc.scatter([d for d, _ in div], [0.0 if a is None else a for _, a in div], marker="x", color="red", zorder=5)
+    ax_chi.axhline(0.0, color="black", lw=0.8)
+    ax_chi.set_ylabel("log10 chi  (per-layer factor of ||dL/dh||^2)")
+    ax_chi.set_title("Backprop signal per layer at initialization\n(> 0 explodes toward the input, < 0 vanishes)")
+    classes = rows[0].get("num_classes") or 10
+    ax_acc.axhline(1.0 / classes, color="gray", lw=0.8, ls="--", label=f"chance ({100 / classes:.0f}%)")
+    ax_acc.set_ylabel("test accuracy (fraction)")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_title("Test accuracy after training\n(red x: a seed diverged)")
+    all_depths = sorted({r["depth"] for r in rows})
+    for ax in (ax_chi, ax_acc):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_depths, [str(d) for d in all_depths])
+        ax.minorticks_off()
+        ax.set_xlabel("depth (hidden layers)")
+        ax.grid(alpha=0.3)
+    handles, labels = ax_acc.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=min(len(labels), 5))
+    fig.suptitle("Trainability: gradient factor and accuracy against depth (median over seeds, band = min..max)")
+    return fig
+
+
+def training_curves(rows: Sequence[Row]) -> Any:
+    """Training loss against step, a panel per activation x norm, a line per depth and seed; returns the figure."""
+    acts = list(dict.fromkeys(r["activation"] for r in rows))
+    configs = list(dict.fromkeys(_config_key(r) for r in rows))
+    depths = sorted({r["depth"] for r in rows})
+    colors = _depth_colors(depths)
+    fig, axes = plt.subplots(
+        len(acts), len(configs), figsize=(4 * len(configs) + 1, 3 * len(acts) + 1), squeeze=False, sharex=True, sharey=True
+    )
+    for i, act in enumerate(acts):
+        for j, cfg in enumerate(configs):
+            ax = axes[i, j]
+            for r in (r for r in rows if r["activation"] == act and _config_key(r) == cfg):
+                hist = r.get("loss_history") or []
+                if not hist:
+                    continue
+                steps = np.array([h[0] for h in hist], np.float64)
+                lg, masks = safe_log10([h[1] for h in hist])
+                ax.plot(steps, lg, color=colors[r["depth"]], lw=1, alpha=0.8)
+                if r.get("diverged"):
+                    finite = np.flatnonzero(np.isfinite(lg))
+                    y = lg[finite[-1]] if finite.size else 0.0
+                    ax.scatter([r["diverged_at_step"]], [y], marker="x", color="red", s=50, zorder=5)
+                mark_special(ax, steps, masks, colors[r["depth"]])
+            ax.set_title(f"{act}, {_config_label(*cfg)}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(acts) - 1:
+                ax.set_xlabel("step")
+            if j == 0:
+                ax.set_ylabel("log10 training loss")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[d], label=f"depth {d}") for d in depths]
+    handles.append(Line2D([], [], marker="x", ls="", color="red", label="diverged here"))
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    fig.suptitle("Training loss (one line per seed)")
+    fig.tight_layout(rect=(0, 0, 0.92, 0.97))
+    return fig
+
+
+def save(fig: Any, path: str) -> str:
+    """Writes `fig` as PNG and closes it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def all_figures(rows: Sequence[Row], out_dir: str) -> dict[str, list[str]]:
+    """Every figure of a sweep into `out_dir`; returns {kind: [paths]}."""
+    if not rows:
+        return {}
+    return {
+        "gradient_flow": gradient_flow(rows, out_dir),
+        "trainability": [save(trainability(rows), os.path.join(out_dir, "trainability.png"))],
+        "training_curves": [save(training_curves(rows), os.path.join(out_dir, "training_curves.png"))],
+    }

@@ -1,0 +1,108 @@
+"""TensorBoard event files for one run (the only module that imports tensorboardX).
+
+Per logged step one event carries every scalar of that step (`loss` and, per hidden layer,
+`grad_norm/layer_XX`, `signal_norm/layer_XX`, `act_rms/layer_XX`, `update_ratio/layer_XX`,
+`weight_norm/layer_XX`), built from arrays already on the host. With histograms on, each
+layer adds `grad_log10_hist/layer_XX` (a histogram of log10 |dL/dW_l|) and the scalars
+`grad_zero/`, `grad_nan/`, `grad_inf/layer_XX` (counts of entries outside the histogram).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
+
+from decay import histograms
+
+PER_LAYER = {
+    "grad_norms": "grad_norm",
+    "signal_norms": "signal_norm",
+    "act_rms": "act_rms",
+    "update_ratio": "update_ratio",
+    "weight_norms": "weight_norm",
+}
+
+
+def layer_tag(prefix: str, layer: int, depth: int) -> str:
+    """`prefix/layer_XX`, zero-padded to at least two digits (more for depth > 100)."""
+    return f"{prefix}/layer_{layer:0{max(2, len(str(depth - 1)))}d}"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _scalar_prefix(tag: str) -> bytes:
+    """Serialized `Summary.value` entry up to its float: field 1 {tag: field 1, simple_value: field 2}."""
+    t = tag.encode()
+    inner = b"\x0a" + _varint(len(t)) + t + b"\x15"  # + 4 bytes of float32
+    return b"\x0a" + _varint(len(inner) + 4) + inner
+
+
+class RunWriter:
+    """Writes one run's scalars and histograms to `log_dir`."""
+
+    def __init__(self, log_dir: str, depth: int):
+        self._writer = SummaryWriter(log_dir)
+        self._file = self._writer._get_file_writer()
+        self._depth = depth
+        self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
+        self._prefixes: dict[str, list[bytes]] = {k: [_scalar_prefix(t) for t in v] for k, v in self._tags.items()}
+        self._prefixes["loss"] = [_scalar_prefix("loss")]
+
+    def write_steps(self, steps: np.ndarray, stats: dict[str, np.ndarray]) -> None:
+        """Logs the per-step statistics `stats[key][i]` at global step `steps[i]`, one event per step.
+
+        Scalars are serialized straight from the float32 arrays with precomputed tag bytes
+        (the protobuf wire format of `Summary`), which keeps logging every step of a deep net cheap.
+        """
+        keys = [k for k in self._prefixes if k in stats]
+        prefixes = [p for k in keys for p in self._prefixes[k]]
+        table = np.concatenate([np.asarray(stats[k], np.float32).reshape(len(steps), -1) for k in keys], axis=1)
+        for i, step in enumerate(steps):
+            raw = table[i].tobytes()
+            blob = b"".join(p + raw[4 * j : 4 * j + 4] for j, p in enumerate(prefixes))
+            summary = Summary.FromString(blob)
+            if "grad_hist_counts" in stats:
+                summary.value.extend(self._histogram_values(stats, i))
+            self._file.add_summary(summary, int(step))
+
+    def _histogram_values(self, stats: dict[str, np.ndarray], i: int) -> list:
+        values = []
+        for layer in range(self._depth):
+            for kind in ("zero", "nan", "inf"):
+                tag = layer_tag(f"grad_{kind}", layer, self._depth)
+                values.append(Summary.Value(tag=tag, simple_value=float(stats[f"grad_hist_{kind}"][i][layer])))
+            counts = np.asarray(stats["grad_hist_counts"][i][layer], np.float64)
+            s = histograms.summary_stats(counts)
+            if s is None:
+                continue
+            hist = HistogramProto(
+                min=s["min"],
+                max=s["max"],
+                num=s["num"],
+                sum=s["sum"],
+                sum_squares=s["sum_squares"],
+                bucket_limit=histograms.EDGES[1:].tolist(),
+                bucket=counts.tolist(),
+            )
+            values.append(Summary.Value(tag=layer_tag("grad_log10_hist", layer, self._depth), histo=hist))
+        return values
+
+    def write_eval(self, step: int, test_loss: float, test_accuracy: float) -> None:
+        """Logs `test_loss` and `test_accuracy` at `step` (after that many updates)."""
+        values = [
+            Summary.Value(tag="test_loss", simple_value=float(test_loss)),
+            Summary.Value(tag="test_accuracy", simple_value=float(test_accuracy)),
+        ]
+        self._file.add_summary(Summary(value=values), int(step))
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self._writer.close()
