@@ -138,14 +138,17 @@ def write_report(workdir: str) -> str:
         "",
     ]
     captions = {
-        "gradient_flow": "Gradient flow at initialization, per layer (one figure per activation)",
+        "gradient_flow": "Gradient flow at initialization, per layer",
         "trainability": "chi and test accuracy against depth",
         "training_curves": "Training loss against step",
     }
     for kind, paths in figures.items():
         for p in paths:
             rel = os.path.relpath(p, workdir)
-            lines += [f"### {captions[kind]}", "", f"![{kind}]({rel})", ""]
+            caption = captions[kind]
+            if kind == "gradient_flow":  # gradient_flow_<activation>.png
+                caption += ": " + os.path.basename(p)[len("gradient_flow_") : -len(".png")]
+            lines += [f"### {caption}", "", f"![{kind}]({rel})", ""]
     path = os.path.join(workdir, "report.md")
     results.write_atomic(path, "\n".join(lines) + "\n")
     return path

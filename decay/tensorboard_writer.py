@@ -62,6 +62,8 @@ class RunWriter:
         Scalars are serialized straight from the float32 arrays with precomputed tag bytes
         (the protobuf wire format of `Summary`), which keeps logging every step of a deep net cheap.
         """
+        if len(steps) == 0:
+            return
         keys = [k for k in self._prefixes if k in stats]
         prefixes = [p for k in keys for p in self._prefixes[k]]
         table = np.concatenate([np.asarray(stats[k], np.float32).reshape(len(steps), -1) for k in keys], axis=1)

@@ -1,4 +1,4 @@
-"""The code base passes ruff (STYLE 11), checked as part of the suite so that CI runs it."""
+"""The code base passes ruff's linter and formatter (STYLE 11), checked in the suite so that CI runs them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATHS = ["decay", "experiments", "tests", "benchmarks"]
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args, *PATHS], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_ruff_check_is_clean():
-    out = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "decay", "experiments", "tests"], cwd=ROOT, capture_output=True, text=True
-    )
+    out = _ruff("check")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ruff_format_is_clean():
+    out = _ruff("format", "--check")
+    assert out.returncode == 0, f"run `ruff format {' '.join(PATHS)}`:\n" + out.stdout
