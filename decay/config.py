@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 
@@ -35,6 +36,8 @@ class RunConfig:
     eval_every: int = 100  # steps between test evaluations
     log_every: int = 10  # steps between TensorBoard points and loss-history points
     histograms: bool = False  # also log per-layer histograms of log10 |dL/dW_l| (computed in the jit)
+    checkpoint_every: int = 100  # steps between Orbax checkpoints (also saved at step 0 and the end); 0: only those
+    keep_checkpoints: int = 2  # newest checkpoints kept, besides the one at step 0
     seed: int = 0  # seeds parameters and the order of minibatches
     data_seed: int = 0  # seeds the train/test split and synthetic data, shared by all runs
     bn_momentum: float = 0.9  # running-average decay of batchnorm statistics
@@ -106,6 +109,12 @@ def validate_sweep(cfg: SweepConfig) -> None:
     from decay.optim import OPTIMIZERS
 
     b = cfg.base
+    for flag in ("learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum"):
+        value = getattr(b, flag)
+        _check(value is None or math.isfinite(value), f"--{flag}={value}; must be a finite number")
+    for flag, values in (("depths", cfg.depths), ("activations", cfg.activations), ("norms", cfg.norms)):
+        dup = sorted({str(v) for v in values if list(values).count(v) > 1})
+        _check(not dup, f"--{flag} lists {', '.join(dup)} more than once; give each value once")
     _check(b.model in MODELS, f"--model={b.model!r} is unknown; allowed: {', '.join(MODELS.names())}")
     _check(b.dataset in DATASETS, f"--dataset={b.dataset!r} is unknown; allowed: {', '.join(DATASETS.names())}")
     _check(len(cfg.depths) > 0, "--depths is empty; give a comma list of integers >= 1, e.g. 2,4,8")
@@ -130,6 +139,8 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.steps >= 0, f"--steps={b.steps}; must be an integer >= 0 (0: measure at initialization only)")
     _check(b.eval_every >= 1, f"--eval_every={b.eval_every}; must be an integer >= 1")
     _check(b.log_every >= 1, f"--log_every={b.log_every}; must be an integer >= 1")
+    _check(b.checkpoint_every >= 0, f"--checkpoint_every={b.checkpoint_every}; must be an integer >= 0")
+    _check(b.keep_checkpoints >= 1, f"--keep_checkpoints={b.keep_checkpoints}; must be an integer >= 1")
     _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")
     _check(b.weight_var is None or b.weight_var > 0, f"--weight_var={b.weight_var}; must be > 0")
     _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-# verdict thresholds on chi^depth, the fitted gain of the squared gradient signal from
-# the output layer back to the input: below 1e-2 the first layer's gradient signal is
-# under 1/10 of the last layer's; above 1e2 it is over 10 times larger.
+# verdict thresholds on chi^depth, the fitted per-layer factor extrapolated over the whole
+# depth: the gain of the squared gradient signal from the output back to the input. Below
+# 1e-2 the gradient norm reaching the input side is roughly under 1/10 of the output side's;
+# above 1e2, over 10 times larger.
 VANISHING_BELOW = 1e-2
 EXPLODING_ABOVE = 1e2
 
@@ -92,7 +93,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             s = r["signal_norms_init"]
             if s and s[0] is not None and s[-1] not in (None, 0):
                 ratios.append(s[0] / s[-1])
+        chi_med = float(np.median(chis)) if chis else None
         verdicts = [r["verdict"] for r in rs]
+        # The row's verdict is the rule applied to the median chi (deterministic, matches the chi shown).
+        row_verdict = verdict(chi_med, depth) if chi_med is not None else max(sorted(set(verdicts)), key=verdicts.count)
         out.append(
             {
                 "model": model,
@@ -102,9 +106,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "residual": residual,
                 "init": rs[0]["init"],
                 "seeds": len(rs),
-                "chi": float(np.median(chis)) if chis else None,
+                "chi": chi_med,
                 "first_over_last": float(np.median(ratios)) if ratios else None,
-                "verdict": max(set(verdicts), key=verdicts.count),
+                "verdict": row_verdict,
                 "acc_mean": float(np.mean(accs)) if accs else None,
                 "acc_std": float(np.std(accs)) if accs else None,
                 "diverged": sum(bool(r["diverged"]) for r in rs),

@@ -171,7 +171,14 @@ def layer_kernels(tree: Any) -> list[jax.Array]:
     return out
 
 
+def frobenius(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Frobenius norm over `axes`, computed as max|x| * ||x / max|x|||: entries beyond 1e19
+    do not overflow float32. Inf or NaN entries still give Inf or NaN."""
+    m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    scale = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+    return jnp.squeeze(scale, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
+
+
 def kernel_norms(tree: Any) -> jax.Array:
     """Frobenius norm of every hidden layer's kernel, layer 0 first: shape [depth]."""
-    norms = [jnp.sqrt(jnp.sum(jnp.square(k), axis=tuple(range(1, k.ndim)))) for k in layer_kernels(tree)]
-    return jnp.concatenate(norms)
+    return jnp.concatenate([frobenius(k, tuple(range(1, k.ndim))) for k in layer_kernels(tree)])

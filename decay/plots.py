@@ -334,3 +334,47 @@ def all_figures(rows: Sequence[Row], out_dir: str) -> dict[str, list[str]]:
         "trainability": [save(trainability(rows), os.path.join(out_dir, "trainability.png"))],
         "training_curves": [save(training_curves(rows), os.path.join(out_dir, "training_curves.png"))],
     }
+
+
+def layer_comparison(stats: dict[str, Sequence[Any]], stats0: dict[str, Sequence[Any]], step: int, title: str) -> Any:
+    """Per-layer norms at `step` against step 0 (initialization), one panel per quantity; returns the figure."""
+    keys = [
+        ("grad_norms", "log10 ||dL/dW_l||"),
+        ("signal_norms", "log10 ||dL/dh_l||"),
+        ("act_rms", "log10 RMS of activation"),
+        ("weight_norms", "log10 ||W_l||"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), layout="constrained")
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for values, name, color in ((stats0.get(key), "step 0 (init)", "gray"), (stats.get(key), f"step {step}", "C0")):
+            lg, masks = safe_log10(as_float_array(values))
+            x = np.arange(len(lg))
+            ax.plot(x, lg, marker="o", ms=3, color=color, label=name)
+            mark_special(ax, x, masks, color)
+        ax.set_xlabel("layer l  (0 = input side)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def jacobian_spectrum(spectra: dict[str, Sequence[Sequence[float]]], title: str) -> Any:
+    """Histogram of log10 singular values of the input-output Jacobian, one series per label; returns the figure."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    all_logs = {}
+    for label, sv in spectra.items():
+        lg, _ = safe_log10(np.asarray(sv, np.float64).ravel())
+        all_logs[label] = lg[np.isfinite(lg)]
+    finite = np.concatenate([v for v in all_logs.values() if v.size] or [np.array([0.0])])
+    lo, hi = float(finite.min()), float(finite.max())
+    bins = np.linspace(lo - 0.1, hi + 0.1, 40)
+    for i, (label, lg) in enumerate(all_logs.items()):
+        ax.hist(lg, bins=bins, alpha=0.5, color=f"C{i}", label=f"{label} ({lg.size} values)")
+    ax.axvline(0.0, color="black", lw=0.8, ls="--", label="1 (isometry)")
+    ax.set_xlabel("log10 singular value of J = d h_{L-1} / d x")
+    ax.set_ylabel("count (all examples pooled)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

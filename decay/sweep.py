@@ -57,7 +57,9 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Runs every configuration of `cfg` not yet in `<workdir>/results.jsonl`; returns all rows.
 
-    Each run logs TensorBoard events to `<workdir>/tb/<run name>/`; at the end
+    Each run logs TensorBoard events to `<workdir>/tb/<run name>/` and keeps its config and
+    Orbax checkpoints in `<workdir>/runs/<run name>/`; an unfinished run (one with checkpoints
+    but no results row, e.g. after the machine was lost) resumes from its latest checkpoint. At the end
     `<workdir>/report.md` and `<workdir>/plots/` are (re)written unless `write_report` is False.
 
     Raises ConfigError for invalid settings, or when `workdir` holds a different sweep.
@@ -70,7 +72,10 @@ def run_sweep(
         raise ConfigError(f"--batch_size={b.batch_size} exceeds the {n_train} training examples of --dataset={b.dataset}")
     device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
 
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
     config_path = os.path.join(workdir, "config.json")
     new = cfg.to_json()
     if os.path.exists(config_path):
@@ -84,7 +89,10 @@ def run_sweep(
         if diffs:
             raise ConfigError(f"--workdir={workdir} holds a sweep with other flags: {', '.join(diffs)}; use a new --workdir")
     else:
-        results.write_atomic(config_path, dumps({**new, "command": command}))
+        try:
+            results.write_atomic(config_path, dumps({**new, "command": command}))
+        except OSError as e:
+            raise ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from None
 
     results_path = os.path.join(workdir, "results.jsonl")
     rows = results.read_jsonl(results_path)
@@ -102,7 +110,8 @@ def run_sweep(
             continue
         emit(Event("start", i, len(runs), run_cfg.name, elapsed, eta, None))
         log_dir = os.path.join(workdir, "tb", run_cfg.name)
-        row = train.train_run(run_cfg, dataset, device_data, on_progress, log_dir=log_dir)
+        run_dir = os.path.join(workdir, "runs", run_cfg.name)
+        row = train.train_run(run_cfg, dataset, device_data, on_progress, log_dir=log_dir, run_dir=run_dir)
         results.append_jsonl(results_path, row)
         rows.append(row)
         done_cost += _cost(run_cfg)

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -79,7 +80,7 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
     stats = {
         "loss": loss,
         "grad_norms": models.kernel_norms(nnx.to_pure_dict(grads)),
-        "signal_norms": jnp.sqrt(jnp.sum(jnp.square(probe_grads), axis=tuple(range(1, probe_grads.ndim)))),
+        "signal_norms": models.frobenius(probe_grads, tuple(range(1, probe_grads.ndim))),
         "act_rms": aux["act_rms"],
         "weight_norms": models.kernel_norms(nnx.to_pure_dict(params)),
     }
@@ -107,8 +108,10 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     stats["update_ratio"] = models.kernel_norms(nnx.to_pure_dict(updates)) / stats["weight_norms"]
+    # Diverged: a non-finite loss or any non-finite gradient entry (every parameter, not only kernels).
     finite = jnp.isfinite(stats["loss"])
-    finite &= jnp.all(jnp.isfinite(stats["grad_norms"])) & jnp.all(jnp.isfinite(stats["signal_norms"]))
+    for g in jax.tree.leaves(grads):
+        finite &= jnp.all(jnp.isfinite(g))
     stats["finite"] = finite
     keep = finite & ~state.halted  # once halted, the state stays at the last finite point
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
@@ -189,10 +192,16 @@ def program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
     return _PROGRAMS[key]
 
 
-def init_state(cfg: RunConfig, dataset: Dataset) -> tuple[Program, TrainState]:
-    """Builds the model of `cfg` and its compiled program; returns (program, state at step 0)."""
-    input_shape = dataset.x_train.shape[1:]
-    model = models.build(cfg, input_shape, dataset.num_classes)
+def init_state(
+    cfg: RunConfig, dataset: Dataset | None = None, input_shape: tuple[int, ...] | None = None, num_classes: int = 0
+) -> tuple[Program, TrainState]:
+    """Builds the model of `cfg` and its compiled program; returns (program, state at step 0).
+
+    Shapes come from `dataset`, or from `input_shape` and `num_classes` when there is none.
+    """
+    if dataset is not None:
+        input_shape, num_classes = tuple(dataset.x_train.shape[1:]), dataset.num_classes
+    model = models.build(cfg, input_shape, num_classes)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     prog = program(cfg, graphdef, models.hidden_shape(cfg, input_shape))
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool))
@@ -245,90 +254,149 @@ class RunProgress(NamedTuple):
     loss: float
 
 
+def chunk_end(done: int, cfg: RunConfig) -> int:
+    """End of the chunk starting at step `done`: the next multiple of eval_every or
+    checkpoint_every, or the last step. Boundaries are absolute, so a resumed run cuts its
+    steps exactly where an uninterrupted one does."""
+    ends = [cfg.steps, (done // cfg.eval_every + 1) * cfg.eval_every]
+    if cfg.checkpoint_every:
+        ends.append((done // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+    return min(ends)
+
+
+def _stats_to_json(stats: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    return {k: [metrics_lib.clean(v) for v in np.asarray(a, np.float64).ravel()] for k, a in stats.items()}
+
+
+def _stats_from_json(data: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    if data is None:
+        return None
+    return {k: np.array([np.nan if v is None else v for v in a], np.float64) for k, a in data.items()}
+
+
 def train_run(
     cfg: RunConfig,
     dataset: Dataset,
     device_data: tuple[jax.Array, ...] | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
     log_dir: str | None = None,
+    run_dir: str | None = None,
 ) -> dict[str, Any]:
     """Trains one configuration and returns its `results.jsonl` row.
 
     `device_data` (x_train, y_train, x_test, y_test as device arrays) avoids re-uploading
-    the dataset for every run of a sweep. With `log_dir`, TensorBoard events go there.
+    the dataset for every run of a sweep. With `log_dir`, TensorBoard events go there. With
+    `run_dir`, the run writes `config.json` and Orbax checkpoints there (step 0, every
+    `checkpoint_every` steps, the end) and, if checkpoints exist, resumes from the latest:
+    the returned row is then the same as an uninterrupted run's (but for `wall_time_s`).
     """
+    from decay import checkpoints  # Orbax is imported only by runs that checkpoint
+
     t0 = time.perf_counter()
     if device_data is None:
         device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
     x_train, y_train, x_test, y_test = device_data
     prog, state = init_state(cfg, dataset)
     data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    ckpt_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
+
+    # Everything the host accumulates; saved with each checkpoint so that a resumed run ends identically.
+    p: dict[str, Any] = {
+        "done": 0,
+        "history": [],
+        "loss_history": [],
+        "recent_losses": [],
+        "interval_losses": [],
+        "init_stats": None,
+        "last_stats": None,
+        "diverged_at": None,
+        "test_loss": None,
+        "test_accuracy": None,
+    }
+    resumed = False
+    if ckpt_dir and checkpoints.steps(ckpt_dir):
+        state, data_key, p, _ = checkpoints.restore(ckpt_dir, state)
+        state = jax.tree.map(jnp.asarray, state)
+        resumed = True
+    elif run_dir:
+        checkpoints.write_config(run_dir, cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+
+    def save_checkpoint() -> None:
+        if ckpt_dir:
+            checkpoints.save(ckpt_dir, p["done"], state, data_key, p, cfg.keep_checkpoints)
 
     writer = RunWriter(log_dir, cfg.depth) if log_dir else None
-    test_loss, test_acc = evaluate(prog, state, x_test, y_test)
-    history = [{"step": 0, "train_loss": None, "test_loss": metrics_lib.clean(test_loss), "test_accuracy": test_acc}]
-    if writer:
-        writer.write_eval(0, test_loss, test_acc)
-    init_stats: dict[str, np.ndarray] | None = None
-    last_stats: dict[str, np.ndarray] | None = None
-    recent_losses: list[float] = []
-    loss_history: list[list[Any]] = []
-    diverged_at: int | None = None
-
-    if cfg.steps == 0:
-        init_stats = jax.device_get(prog.measure(state, x_train, y_train, data_key))
-        last_stats = init_stats
-        recent_losses = [float(init_stats["loss"])]
-        loss_history = [[0, metrics_lib.clean(recent_losses[0])]]
-        diverged_at = None if np.isfinite(recent_losses[0]) and np.all(np.isfinite(init_stats["signal_norms"])) else 0
+    if not resumed:
+        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+        p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
+        p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": test_acc}]
         if writer:
-            writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init_stats.items()})
+            writer.write_eval(0, test_loss, test_acc)
+        if cfg.steps == 0:
+            init = jax.device_get(prog.measure(state, x_train, y_train, data_key))
+            p["init_stats"] = p["last_stats"] = _stats_to_json(init)
+            p["recent_losses"] = [float(init["loss"])]
+            p["loss_history"] = [[0, metrics_lib.clean(init["loss"])]]
+            finite = np.isfinite(init["loss"]) and np.all(np.isfinite(init["signal_norms"]))
+            p["diverged_at"] = None if finite else 0
+            if writer:
+                writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init.items()})
+        save_checkpoint()
 
-    done = 0
-    while done < cfg.steps and diverged_at is None:
-        n = min(cfg.eval_every, cfg.steps - done)
+    while p["done"] < cfg.steps and p["diverged_at"] is None:
+        done = p["done"]
+        n = chunk_end(done, cfg) - done
         state, chunk = prog.train_chunk(state, x_train, y_train, data_key, n_steps=n)
         chunk = jax.device_get(chunk)  # one transfer for every per-layer value of the chunk
-        if init_stats is None:
-            init_stats = {k: v[0] for k, v in chunk.items()}
+        if p["init_stats"] is None:
+            p["init_stats"] = _stats_to_json({k: v[0] for k, v in chunk.items()})
         bad = np.flatnonzero(~chunk["finite"])
         good = int(bad[0]) if bad.size else n
-        if good:
-            last_stats = {k: v[good - 1] for k, v in chunk.items()}
-        elif last_stats is None:  # the very first step is non-finite
-            last_stats = {k: v[0] for k, v in chunk.items()}
-        recent_losses = (recent_losses + [float(v) for v in chunk["loss"][:good]])[-10:]
+        if good or p["last_stats"] is None:  # a first step that is already non-finite is kept as is
+            p["last_stats"] = _stats_to_json({k: v[max(good - 1, 0)] for k, v in chunk.items()})
+        losses = [float(v) for v in chunk["loss"][:good]]
+        p["recent_losses"] = (p["recent_losses"] + losses)[-10:]
+        p["interval_losses"] += losses
         # Logged steps: every log_every-th, the run's last, and the step that diverged.
         steps = done + np.arange(min(good + 1, n))
         keep = (steps % cfg.log_every == 0) | (steps == cfg.steps - 1) | (steps == done + good)
-        loss_history += [[int(t), metrics_lib.clean(chunk["loss"][t - done])] for t in steps[keep]]
+        p["loss_history"] += [[int(t), metrics_lib.clean(chunk["loss"][t - done])] for t in steps[keep]]
         if writer:
             writer.write_steps(steps[keep], {k: v[steps[keep] - done] for k, v in chunk.items()})
         if bad.size:
-            diverged_at = done + good
+            p["diverged_at"] = done + good
+            p["done"] = done + n
+            # Parameters stayed at the last finite step: evaluate what survived.
+            test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+            p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
+            save_checkpoint()
             break
-        done += n
-        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
-        if writer:
-            writer.write_eval(done, test_loss, test_acc)
-        history.append(
-            {
-                "step": done,
-                "train_loss": metrics_lib.clean(float(np.mean(chunk["loss"]))),
-                "test_loss": metrics_lib.clean(test_loss),
-                "test_accuracy": test_acc,
-            }
-        )
+        p["done"] = done + n
+        if p["done"] % cfg.eval_every == 0 or p["done"] == cfg.steps:
+            test_loss, test_acc = evaluate(prog, state, x_test, y_test)
+            p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
+            train_loss = metrics_lib.clean(float(np.mean(p["interval_losses"]))) if p["interval_losses"] else None
+            p["interval_losses"] = []
+            p["history"].append(
+                {"step": p["done"], "train_loss": train_loss, "test_loss": p["test_loss"], "test_accuracy": test_acc}
+            )
+            if writer:
+                writer.write_eval(p["done"], test_loss, test_acc)
+        if cfg.checkpoint_every and (p["done"] % cfg.checkpoint_every == 0 or p["done"] == cfg.steps):
+            save_checkpoint()
+        elif p["done"] == cfg.steps:
+            save_checkpoint()
         if on_progress is not None:
-            on_progress(RunProgress(done, cfg.steps, float(np.mean(chunk["loss"]))))
+            on_progress(RunProgress(p["done"], cfg.steps, losses[-1] if losses else math.nan))
 
-    if diverged_at is not None and cfg.steps > 0:
-        # Parameters stayed at the last finite step: evaluate what survived.
-        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
     if writer:
         writer.close()
+    init_stats = _stats_from_json(p["init_stats"])
+    last_stats = _stats_from_json(p["last_stats"])
     chi = metrics_lib.fit_chi(init_stats["signal_norms"])
-    final_loss = float(np.mean(recent_losses)) if recent_losses else math.nan
+    final_loss = float(np.mean(p["recent_losses"])) if p["recent_losses"] else math.nan
     return {
         "name": cfg.name,
         "model": cfg.model,
@@ -337,7 +405,7 @@ def train_run(
         "width": cfg.width,
         "activation": cfg.activation,
         "norm": cfg.norm,
-        "init": resolve_init(cfg.init, cfg.activation),
+        "init": "mean_field" if cfg.weight_var is not None else resolve_init(cfg.init, cfg.activation),
         "weight_var": cfg.weight_var,
         "bias_var": cfg.bias_var,
         "residual": cfg.residual,
@@ -349,10 +417,11 @@ def train_run(
         "steps": cfg.steps,
         "seed": cfg.seed,
         "final_loss": metrics_lib.clean(final_loss),
-        "test_loss": metrics_lib.clean(test_loss),
-        "test_accuracy": metrics_lib.clean(test_acc),
-        "diverged": diverged_at is not None,
-        "diverged_at_step": diverged_at,
+        # A diverged run has no meaningful test score: its parameters are where training blew up.
+        "test_loss": None if p["diverged_at"] is not None else p["test_loss"],
+        "test_accuracy": None if p["diverged_at"] is not None else metrics_lib.clean(p["test_accuracy"]),
+        "diverged": p["diverged_at"] is not None,
+        "diverged_at_step": p["diverged_at"],
         "chi": metrics_lib.clean(chi),
         "verdict": metrics_lib.verdict(chi, cfg.depth, init_stats["signal_norms"]),
         "grad_norms_init": _to_list(init_stats["grad_norms"]),
@@ -364,8 +433,8 @@ def train_run(
         "act_rms_final": _to_list(last_stats["act_rms"]),
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
         "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
-        "history": history,
-        "loss_history": loss_history,
+        "history": p["history"],
+        "loss_history": p["loss_history"],
         "num_classes": dataset.num_classes,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }

@@ -3,8 +3,10 @@
     python -m experiments.depth_sweep                      # the default sweep, a few minutes on a CPU
     python -m experiments.depth_sweep --depths=4,16 --activations=tanh --norms=none,batchnorm --seeds=2
 
-Writes <workdir>/config.json and <workdir>/results.jsonl (one JSON line per run) and prints
-a summary table. Re-running the same command on the same --workdir skips finished runs.
+Writes <workdir>/config.json, <workdir>/results.jsonl (one JSON line per run), TensorBoard events
+under <workdir>/tb/, per-run configs and Orbax checkpoints under <workdir>/runs/, report.md and
+plots/, and prints a summary table. Re-running the same command on the same --workdir skips
+finished runs and resumes unfinished ones from their latest checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per grid point (0..seeds-1).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evaluations.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard points.")
 _HISTOGRAMS = flags.DEFINE_bool("histograms", False, "Also log per-layer log10|gradient| histograms to TensorBoard.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 100, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those."
+)
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept per run, besides step 0.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
 
 
@@ -136,6 +142,8 @@ def main(argv: list[str]) -> None:
         eval_every=_EVAL_EVERY.value,
         log_every=_LOG_EVERY.value,
         histograms=_HISTOGRAMS.value,
+        checkpoint_every=_CHECKPOINT_EVERY.value,
+        keep_checkpoints=_KEEP_CHECKPOINTS.value,
     )
     cfg = SweepConfig(
         base=base,

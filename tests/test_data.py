@@ -78,7 +78,13 @@ def test_cifar10_reads_binary_batches(tmp_path):
         (folder / name).write_bytes(rec.astype(np.uint8).tobytes())
     ds = data.load("cifar10", str(tmp_path), 0)
     assert ds.x_train.shape == (15, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3)
-    # Channel-first records become NHWC: pixel (0, 0) of channel c is byte 1 + c * 1024.
+    # Channel-first records become NHWC, then standardized with the training set's statistics.
     raw = np.frombuffer((folder / "test_batch.bin").read_bytes(), np.uint8).reshape(3, 3073)
-    x = ds.x_test * 0 + np.asarray(data.read_cifar_bin(str(folder / "test_batch.bin"))[0], np.float32)
-    assert [x[0, 0, 0, c] for c in range(3)] == [raw[0, 1 + c * 1024] for c in range(3)]
+    train_pixels = np.concatenate(
+        [np.frombuffer((folder / f"data_batch_{i}.bin").read_bytes(), np.uint8).reshape(3, 3073)[:, 1:] for i in range(1, 6)]
+    ).astype(np.float64)
+    mean, std = train_pixels.mean(), train_pixels.std()
+    for c in range(3):
+        assert ds.x_test[0, 0, 0, c] == pytest.approx((raw[0, 1 + c * 1024] - mean) / std, rel=1e-5)
+        assert ds.x_test[1, 2, 5, c] == pytest.approx((raw[1, 1 + c * 1024 + 2 * 32 + 5] - mean) / std, rel=1e-5)
+    np.testing.assert_array_equal(ds.y_test, raw[:, 0])

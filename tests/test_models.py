@@ -133,7 +133,7 @@ def test_train_step_grad_norms_equal_norms_of_gradient_pytree(tiny_data):
         prog, state = train.init_state(cfg, tiny_data)
         x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
         key = jax.random.key(3)
-        stats = prog.measure(state, x, y, key)
+        _, stats = prog.train_chunk(state, x, y, key, n_steps=1)  # the real train step, update included
         idx = train.batch_indices(key, jnp.int32(0), x.shape[0], cfg.batch_size)
         model = nnx.merge(prog.graphdef, state.params, state.batch_stats)
         grads = train.gradients(model, x[idx], y[idx])
@@ -141,7 +141,31 @@ def test_train_step_grad_norms_equal_norms_of_gradient_pytree(tiny_data):
         expected = [np.linalg.norm(np.asarray(grads["stem"]["linear"]["kernel"][...]))]
         stacked = np.asarray(grads["blocks"]["layer"]["linear"]["kernel"][...])
         expected += [np.linalg.norm(k) for k in stacked]
-        np.testing.assert_allclose(np.asarray(stats["grad_norms"]), expected, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(stats["grad_norms"][0]), expected, rtol=1e-5)
+
+
+def test_sgd_update_ratio_and_weight_norms_follow_their_definitions(tiny_data):
+    # SGD: delta W = -lr * dL/dW, so ||delta W|| / ||W|| = lr * grad_norm / weight_norm exactly.
+    cfg = tiny_config(depth=4, optimizer="sgd", learning_rate=0.3)
+    prog, state = train.init_state(cfg, tiny_data)
+    x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
+    new_state, stats = prog.train_chunk(state, x, y, jax.random.key(0), n_steps=1)
+    stats = jax.device_get(stats)
+    np.testing.assert_allclose(stats["update_ratio"][0], 0.3 * stats["grad_norms"][0] / stats["weight_norms"][0], rtol=1e-5)
+    kernels = [state.params["stem"]["linear"]["kernel"][...]] + list(state.params["blocks"]["layer"]["linear"]["kernel"][...])
+    np.testing.assert_allclose(stats["weight_norms"][0], [np.linalg.norm(np.asarray(k)) for k in kernels], rtol=1e-6)
+    moved = [new_state.params["stem"]["linear"]["kernel"][...]] + list(
+        new_state.params["blocks"]["layer"]["linear"]["kernel"][...]
+    )
+    ratio = [
+        np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)) for a, b in zip(moved, kernels, strict=True)
+    ]
+    np.testing.assert_allclose(stats["update_ratio"][0], ratio, rtol=1e-3)
+    # act_rms: RMS of each layer's post-activation output on the step's batch.
+    model = nnx.merge(prog.graphdef, state.params, state.batch_stats)
+    idx = train.batch_indices(jax.random.key(0), jnp.int32(0), x.shape[0], cfg.batch_size)
+    h = model.stem(x[idx].reshape(cfg.batch_size, -1), None, True)
+    np.testing.assert_allclose(stats["act_rms"][0][0], np.sqrt(np.mean(np.square(np.asarray(h)))), rtol=1e-5)
 
 
 def _sub_jaxprs(value):
@@ -178,7 +202,14 @@ def test_traced_program_does_not_grow_with_depth(model, tiny_data):
 
 def test_halted_run_keeps_last_finite_parameters(tiny_data):
     cfg = tiny_config(activation="relu", learning_rate=1e30, depth=4)
-    _, state, new_state, stats = _one_chunk(cfg, tiny_data, n=4)
-    assert not bool(np.all(stats["finite"]))
+    prog, state, new_state, stats = _one_chunk(cfg, tiny_data, n=4)
+    bad = int(np.flatnonzero(~stats["finite"])[0])
     assert bool(new_state.halted)
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(new_state.params))
+    # The state after the chunk is the state before the first non-finite step, and stays there.
+    x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
+    at_halt, _ = prog.train_chunk(state, x, y, jax.random.key(0), n_steps=bad) if bad else (state, None)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(at_halt.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    later, _ = prog.train_chunk(new_state, x, y, jax.random.key(0), n_steps=2)
+    for a, b in zip(jax.tree.leaves(later.params), jax.tree.leaves(new_state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

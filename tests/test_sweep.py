@@ -165,10 +165,18 @@ def _run_main(capsys, *args):
         (["--dataset=mnist"], "--dataset=mnist reads local files: set --data_dir"),
         (["--dataset=mnist", "--data_dir=/nonexistent/mnist"], "--data_dir=/nonexistent/mnist is not a folder"),
         (["--model=seed_cnn", "--depths=2"], "--depths must be 1 for --model=seed_cnn"),
+        (["--learning_rate=inf"], "--learning_rate=inf; must be a finite number"),
+        (["--residual_scale=nan"], "--residual_scale=nan; must be a finite number"),
+        (["--depths=2,4,2"], "--depths lists 2 more than once"),
+        (["--activations=tanh,tanh"], "--activations lists tanh more than once"),
+        (["--checkpoint_every=-1"], "--checkpoint_every=-1; must be an integer >= 0"),
+        (["--keep_checkpoints=0"], "--keep_checkpoints=0; must be an integer >= 1"),
+        (["--log_every=0"], "--log_every=0; must be an integer >= 1"),
     ],
 )
 def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
-    code, err = _run_main(capsys, f"--workdir={tmp_path}", "--depths=2", "--quiet", *args)
+    depths = [] if any(a.startswith("--depths") for a in args) else ["--depths=2"]
+    code, err = _run_main(capsys, f"--workdir={tmp_path}", *depths, "--quiet", *args)
     assert code != 0
     assert "\n" not in err and "Traceback" not in err
     assert expected in err
@@ -179,6 +187,14 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path, args, flag):
     out = _cli(f"--workdir={tmp_path}", "--depths=2", *args)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and flag in out.stderr
+
+
+def test_unusable_workdir_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, err = _run_main(capsys, f"--workdir={blocker}", "--depths=2", "--quiet")
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert f"--workdir={blocker} cannot be created" in err
 
 
 def test_run_sweep_raises_config_error_on_bad_config(tmp_path):

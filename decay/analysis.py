@@ -1,0 +1,135 @@
+"""Offline analysis of a saved run: reopen any checkpoint, recompute per-layer quantities, Jacobian spectra.
+
+run = decay.load_run("runs/depth_sweep-.../runs/mlp-d0032-tanh-none-s0")        # latest step
+run0 = decay.load_run(run.run_dir, step=0)                                        # initialization
+stats = decay.analysis.layer_stats(run, x, y)          # same definitions as the train step
+sv = decay.analysis.jacobian_singular_values(run, x[:4])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from decay import checkpoints, models, train
+from decay.config import RunConfig
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A run reopened from its folder at one checkpoint step."""
+
+    run_dir: str
+    config: RunConfig
+    input_shape: tuple[int, ...]
+    num_classes: int
+    step: int  # the checkpoint's step: updates applied so far
+    model: nnx.Module  # ready to call: model(x) -> (logits, aux); model(x, train=True) uses batch statistics
+    params: nnx.State
+    batch_stats: nnx.State
+    opt_state: Any
+    state: train.TrainState
+    program: train.Program
+    available_steps: list[int]
+
+
+def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
+    """Reopens `run_dir` (a folder with config.json and checkpoints/) at `step` (default: the latest).
+
+    Reads only JSON and Orbax files. Raises ConfigError with one line naming the path when
+    the folder, its config or the checkpoint is missing, partial, corrupt or mismatched.
+    """
+    cfg, input_shape, num_classes = checkpoints.read_config(run_dir)
+    prog, template = train.init_state(cfg, input_shape=input_shape, num_classes=num_classes)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    state, _, _, step = checkpoints.restore(ckpt_dir, template, step)
+    state = jax.tree.map(jnp.asarray, state)
+    model = nnx.merge(prog.graphdef, state.params, state.batch_stats)
+    return LoadedRun(
+        run_dir,
+        cfg,
+        input_shape,
+        num_classes,
+        step,
+        model,
+        state.params,
+        state.batch_stats,
+        state.opt_state,
+        state,
+        prog,
+        checkpoints.steps(ckpt_dir),
+    )
+
+
+def gradients(run: LoadedRun, x: jax.Array, y: jax.Array, train_mode: bool = True) -> nnx.State:
+    """dL/dparams for the batch: a pytree shaped like `run.params` (batchnorm in training mode by default)."""
+    return train.gradients(nnx.merge(run.program.graphdef, run.params, run.batch_stats), x, y, train=train_mode)
+
+
+def layer_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, np.ndarray]:
+    """Per-layer grad_norms, signal_norms, act_rms, weight_norms and the loss on (x, y), as the train step computes them."""
+    hidden = models.hidden_shape(run.config, run.input_shape)
+    fn = jax.jit(lambda p, bs, x, y: train._grads_and_stats(run.program.graphdef, run.config.depth, hidden, p, bs, x, y)[2])
+    return {k: np.asarray(v) for k, v in fn(run.params, run.batch_stats, x, y).items()}
+
+
+def _representation(run: LoadedRun):
+    """x (one example, input shape) -> the last hidden layer's output, flattened; batchnorm in evaluation mode."""
+    graphdef, params, batch_stats = run.program.graphdef, run.params, run.batch_stats
+
+    def rep(x_single):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        h = model.stem(x_single[None].reshape((1, -1)) if run.config.model == "mlp" else x_single[None], None, False)
+        if model.blocks is not None:
+            h, _ = model.blocks(h, None, False)
+        return h.reshape(-1)
+
+    return rep
+
+
+def jacobian_singular_values(run: LoadedRun, x: jax.Array, k: int | None = None, exact_limit: int = 2048) -> dict[str, Any]:
+    """Singular values of the input-output Jacobian J = d h_{L-1} / d x of each example in `x`.
+
+    h_{L-1} is the last hidden layer's output (the representation the head reads), batchnorm in
+    evaluation mode, so that J is a function of one example. Exact (full SVD of J) when J has
+    at most `exact_limit` rows and columns; otherwise the top and bottom `k` (default 10) from
+    a matrix-free Lanczos method (scipy's svds on J v and J^T u products, no J stored).
+    Returns {"method", "singular_values": [examples x values], "shape": J's shape}.
+    """
+    rep = _representation(run)
+    x = jnp.asarray(x)
+    out_dim = int(np.prod(jax.eval_shape(rep, x[0]).shape))
+    in_dim = int(np.prod(x.shape[1:]))
+    if max(out_dim, in_dim) <= exact_limit:
+        jac = jax.jit(jax.vmap(lambda xi: jax.jacrev(rep)(xi).reshape(out_dim, in_dim)))(x)
+        sv = np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False)
+        return {"method": "exact", "singular_values": sv.tolist(), "shape": [out_dim, in_dim]}
+    k = k or 10
+    values = [_extreme_singular_values(rep, xi, out_dim, in_dim, k) for xi in x]
+    return {"method": f"lanczos top/bottom {k}", "singular_values": values, "shape": [out_dim, in_dim]}
+
+
+def _extreme_singular_values(rep, xi: jax.Array, out_dim: int, in_dim: int, k: int) -> list[float]:
+    """Top and bottom k singular values of J = d rep / d x at xi, from J v and J^T u products only."""
+    from scipy.sparse.linalg import LinearOperator, svds
+
+    _, jvp_fn = jax.linearize(rep, xi)
+    vjp_fn = jax.linear_transpose(jvp_fn, xi)
+    mv = jax.jit(lambda v: jvp_fn(v.reshape(xi.shape)))
+    rmv = jax.jit(lambda u: vjp_fn(u)[0].reshape(-1))
+    op = LinearOperator(
+        (out_dim, in_dim),
+        matvec=lambda v: np.asarray(mv(jnp.asarray(v.ravel(), jnp.float32)), np.float64),
+        rmatvec=lambda u: np.asarray(rmv(jnp.asarray(u.ravel(), jnp.float32)), np.float64),
+        dtype=np.float64,
+    )
+    kk = min(k, min(out_dim, in_dim) - 1)
+    top = svds(op, k=kk, which="LM", return_singular_vectors=False, random_state=0)
+    bottom = svds(op, k=kk, which="SM", return_singular_vectors=False, random_state=0)
+    return sorted(np.concatenate([top, bottom]).tolist(), reverse=True)

@@ -1,0 +1,130 @@
+"""Checkpoints of a run with Orbax (the only module that imports orbax).
+
+A run folder `<workdir>/runs/<run name>/` holds `config.json` (the RunConfig) and
+`checkpoints/<step>/`, each with two Orbax items: `state` (every array of the TrainState
+and the data RNG key, as a flat dict keyed by pytree path, so the files name what they hold)
+and `progress` (JSON: what the host has accumulated so far, so a resumed run ends with the
+same results row). Orbax writes a checkpoint to a temporary folder and renames it when
+complete: a run killed mid-save leaves the previous checkpoints intact. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from decay.config import ConfigError, RunConfig
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:
+    # `read_only` only means "do not create the folder": Orbax's own read-only mode logs warnings.
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, enable_async_checkpointing=False)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options, item_handlers=handlers)
+
+
+def save(ckpt_dir: str, step: int, state: Any, data_key: jax.Array, progress: dict[str, Any], keep: int) -> None:
+    """Saves `state` (a pytree), the data key and `progress` as checkpoint `step`.
+
+    Keeps the newest `keep` checkpoints and step 0 (initialization), deletes the rest.
+    """
+    arrays = _flat(state)
+    arrays["['data_key']"] = np.asarray(jax.random.key_data(data_key))
+    with _manager(ckpt_dir) as mngr:
+        if step in mngr.all_steps():
+            mngr.delete(step)
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)))
+        mngr.wait_until_finished()
+        steps = sorted(mngr.all_steps())
+        for old in steps[:-keep] if keep > 0 else steps:
+            if old != 0 and old != step:
+                mngr.delete(old)
+
+
+def steps(ckpt_dir: str) -> list[int]:
+    """Steps with a complete checkpoint in `ckpt_dir` ([] when there is none)."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    with _manager(ckpt_dir, read_only=True) as mngr:
+        return sorted(mngr.all_steps())
+
+
+def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any, jax.Array, dict[str, Any], int]:
+    """Restores checkpoint `step` (default: the latest) into the structure of `template`.
+
+    Returns (state, data_key, progress, step). Raises ConfigError, one line naming the path,
+    when the checkpoint is missing, incomplete, corrupt or does not match the template.
+    """
+    available = steps(ckpt_dir)
+    if not available:
+        raise ConfigError(f"{ckpt_dir}: no complete checkpoint found")
+    if step is None:
+        step = available[-1]
+    if step not in available:
+        raise ConfigError(f"{ckpt_dir}: no checkpoint at step {step}; available steps: {', '.join(map(str, available))}")
+    expected = _flat(template)
+    path = os.path.join(ckpt_dir, str(step))
+    try:
+        with _manager(ckpt_dir, read_only=True) as mngr:
+            meta = mngr.item_metadata(step)
+            saved = meta["state"] if meta is not None else None
+            if saved is not None:
+                keys = set(saved.keys()) - {"['data_key']"}
+                if keys != set(expected):
+                    missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+                    raise ConfigError(
+                        f"{path}: checkpoint does not match the run's model (missing {missing[:3]}, unexpected {extra[:3]})"
+                    )
+                for k, v in expected.items():
+                    if tuple(saved[k].shape) != v.shape:
+                        raise ConfigError(f"{path}: {k} has shape {tuple(saved[k].shape)}, the config's model needs {v.shape}")
+            target = dict(expected)
+            target["['data_key']"] = np.zeros((2,), np.uint32)
+            out = mngr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore())
+            )
+    except ConfigError:
+        raise
+    except Exception as e:  # Orbax/TensorStore errors on damaged files: keep one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first[:200]})") from None
+    arrays = out["state"]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    restored = [np.asarray(arrays[jax.tree_util.keystr(p)]).astype(np.asarray(leaf).dtype) for p, leaf in leaves]
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), restored)
+    del treedef
+    data_key = jax.random.wrap_key_data(np.asarray(arrays["['data_key']"], np.uint32))
+    return state, data_key, out["progress"], step
+
+
+def write_config(run_dir: str, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Writes `<run_dir>/config.json` (atomically): the RunConfig plus the data shapes the model needs."""
+    from decay.config import dumps
+    from decay.results import write_atomic
+
+    data = {**cfg.to_json(), "input_shape": list(input_shape), "num_classes": num_classes}
+    write_atomic(os.path.join(run_dir, "config.json"), dumps(data))
+
+
+def read_config(run_dir: str) -> tuple[RunConfig, tuple[int, ...], int]:
+    """Reads `<run_dir>/config.json`: (RunConfig, input shape, number of classes); one-line error when bad."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found: not a run folder (expected config.json and checkpoints/)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        shape, classes = tuple(data.pop("input_shape")), int(data.pop("num_classes"))
+        return RunConfig(**data), shape, classes
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a valid run config ({type(e).__name__}: {str(e)[:120]})") from None

@@ -1,0 +1,244 @@
+"""Orbax checkpoints: bitwise round trip, resume after a kill, offline analysis, Jacobian spectra, bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decay import ConfigError, SweepConfig, analysis, checkpoints, load_run, run_sweep, train
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _equal_trees(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def test_save_restore_round_trip_is_bitwise(tmp_path, tiny_data):
+    cfg = tiny_config(norm="batchnorm", optimizer="adam", learning_rate=0.01, depth=4)
+    prog, state = train.init_state(cfg, tiny_data)
+    x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
+    key = jax.random.fold_in(jax.random.key(7), 1)
+    state, _ = prog.train_chunk(state, x, y, key, n_steps=3)  # non-trivial Adam moments and batch stats
+    progress = {"done": 3, "history": [{"step": 0, "x": None}], "values": [0.1, 1e-30]}
+    checkpoints.save(str(tmp_path), 3, state, key, progress, keep=2)
+    _, template = train.init_state(cfg, tiny_data)
+    restored, rkey, rprogress, step = checkpoints.restore(str(tmp_path), template)
+    assert step == 3 and rprogress == progress
+    assert _equal_trees(restored, state)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    np.testing.assert_array_equal(jax.random.key_data(rkey), jax.random.key_data(key))
+
+
+def test_keeps_the_newest_checkpoints_and_step_zero(tmp_path, tiny_data):
+    cfg = tiny_config(steps=10, eval_every=2, checkpoint_every=2, keep_checkpoints=2)
+    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    assert checkpoints.steps(str(tmp_path / "checkpoints")) == [0, 8, 10]
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("norm, optimizer", [("batchnorm", "adam"), ("none", "momentum")])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, tiny_data, norm, optimizer):
+    cfg = tiny_config(depth=4, steps=10, eval_every=2, checkpoint_every=4, log_every=1, norm=norm, optimizer=optimizer)
+    clean = train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "clean"))
+
+    def kill_at_6(p):
+        if p.step == 6:  # after the step-4 checkpoint; steps 4..6 are lost and must be redone
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"), on_progress=kill_at_6)
+    assert checkpoints.steps(str(tmp_path / "killed" / "checkpoints")) == [0, 4]
+    resumed = train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"))
+    clean.pop("wall_time_s")
+    resumed.pop("wall_time_s")
+    assert resumed == clean
+    final_clean = load_run(str(tmp_path / "clean"))
+    final_resumed = load_run(str(tmp_path / "killed"))
+    assert final_clean.step == final_resumed.step == 10
+    assert _equal_trees(final_clean.state, final_resumed.state)
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(tmp_path):
+    cfg = SweepConfig(
+        base=tiny_config(steps=6, eval_every=2, checkpoint_every=2, dataset="synthetic"),
+        depths=(2, 3),
+        activations=("tanh",),
+        norms=("none",),
+        seeds=1,
+    )
+    full = run_sweep(cfg, str(tmp_path / "full"), write_report=False)
+    # Simulate a machine lost during the second run: its row never reached results.jsonl.
+    part = tmp_path / "part"
+    run_sweep(cfg, str(part), write_report=False)
+    lines = (part / "results.jsonl").read_text().splitlines()
+    (part / "results.jsonl").write_text(lines[0] + "\n")
+    for step in ("6", "4"):
+        shutil.rmtree(part / "runs" / full[1]["name"] / "checkpoints" / step)
+    resumed = run_sweep(cfg, str(part), write_report=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(full)
+
+
+def test_loaded_run_analysis_equals_live_state(tmp_path, tiny_data):
+    cfg = tiny_config(depth=4, steps=6, eval_every=3, checkpoint_every=3, norm="batchnorm")
+    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    run = load_run(str(tmp_path))  # latest: step 6
+    assert run.step == 6 and run.available_steps == [0, 3, 6] and run.config == cfg
+    # The live state, recomputed from scratch in this process.
+    prog, state = train.init_state(cfg, tiny_data)
+    x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    state, _ = prog.train_chunk(state, x, y, key, n_steps=3)
+    state, _ = prog.train_chunk(state, x, y, key, n_steps=3)
+    assert _equal_trees(run.state, state)
+    xb, yb = x[:16], y[:16]
+    got = analysis.layer_stats(run, xb, yb)
+    want = jax.device_get(
+        jax.jit(lambda p, bs: train._grads_and_stats(prog.graphdef, 4, (8,), p, bs, xb, yb)[2])(state.params, state.batch_stats)
+    )
+    for k in ("grad_norms", "signal_norms", "act_rms", "weight_norms", "loss"):
+        np.testing.assert_array_equal(got[k], want[k])
+    g = analysis.gradients(run, xb, yb)
+    assert jax.tree.structure(g) == jax.tree.structure(run.params)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(g["stem"]["linear"]["kernel"][...])), got["grad_norms"][0], rtol=1e-5)
+    logits, _ = run.model(xb)
+    assert logits.shape == (16, 10)
+    np.testing.assert_array_equal(
+        np.asarray(analysis.jacobian_singular_values(run, xb[:2])["singular_values"]),
+        np.asarray(analysis.jacobian_singular_values(run, xb[:2])["singular_values"]),
+    )
+
+
+def test_deep_linear_orthogonal_net_is_an_isometry(tmp_path, tiny_data):
+    cfg = tiny_config(activation="linear", init="orthogonal", norm="none", depth=12, width=16, steps=0)
+    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    run = load_run(str(tmp_path), step=0)
+    sv = np.asarray(analysis.jacobian_singular_values(run, jnp.asarray(tiny_data.x_train[:3]))["singular_values"])
+    assert sv.shape == (3, 16)  # J: 16 x 64, the stem's orthonormal columns and 11 orthogonal squares
+    np.testing.assert_allclose(sv, 1.0, atol=1e-4)
+    # Matrix-free top/bottom-k agrees with the exact spectrum; a Gaussian net is no isometry.
+    cfg2 = dataclasses.replace(cfg, init="lecun_normal")
+    train.train_run(cfg2, tiny_data, run_dir=str(tmp_path / "gauss"))
+    run2 = load_run(str(tmp_path / "gauss"), step=0)
+    xs = jnp.asarray(tiny_data.x_train[:1])
+    exact = np.asarray(analysis.jacobian_singular_values(run2, xs)["singular_values"][0])
+    lanczos = analysis.jacobian_singular_values(run2, xs, k=3, exact_limit=8)
+    assert lanczos["method"].startswith("lanczos")
+    got = np.asarray(lanczos["singular_values"][0])
+    np.testing.assert_allclose(got[:3], exact[:3], rtol=1e-3)
+    np.testing.assert_allclose(got[-3:], exact[-3:], rtol=1e-2, atol=1e-5)
+    assert exact.max() / exact.min() > 2
+
+
+def _trained_run(tmp_path, tiny_data):
+    cfg = tiny_config(depth=3, steps=4, eval_every=2, checkpoint_every=2)
+    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    return str(tmp_path)
+
+
+def test_missing_run_folder_or_step(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="config.json not found: not a run folder"):
+        load_run(str(tmp_path / "nope"))
+    run_dir = _trained_run(tmp_path / "r", tiny_data)
+    with pytest.raises(ConfigError, match="no checkpoint at step 3; available steps: 0, 2, 4"):
+        load_run(run_dir, step=3)
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+    with pytest.raises(ConfigError, match="no complete checkpoint found"):
+        load_run(run_dir)
+
+
+def test_partial_checkpoint_is_not_used(tmp_path, tiny_data):
+    run_dir = _trained_run(tmp_path, tiny_data)
+    # A save killed half-way: Orbax finalizes by renaming a temporary folder, so a half-written
+    # step is a tmp folder (ignored) and the previous steps stay usable.
+    tmp = os.path.join(run_dir, "checkpoints", "6.orbax-checkpoint-tmp-123")
+    shutil.copytree(os.path.join(run_dir, "checkpoints", "4"), tmp)
+    os.remove(os.path.join(tmp, "_CHECKPOINT_METADATA"))
+    assert load_run(run_dir).step == 4
+    # A step folder whose state item lost its files is reported, one line, naming the path.
+    for f in glob.glob(os.path.join(run_dir, "checkpoints", "4", "state", "**", "*"), recursive=True):
+        if os.path.isfile(f) and "manifest" in f:
+            os.remove(f)
+    with pytest.raises(ConfigError) as exc:
+        load_run(run_dir, step=4)
+    assert "checkpoints/4" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, tiny_data):
+    run_dir = _trained_run(tmp_path, tiny_data)
+    for f in glob.glob(os.path.join(run_dir, "checkpoints", "2", "state", "**", "*"), recursive=True):
+        if os.path.isfile(f) and "commit_success" not in f:
+            with open(f, "wb") as fh:
+                fh.write(b"not a checkpoint")
+    with pytest.raises(ConfigError) as exc:
+        load_run(run_dir, step=2)
+    assert "checkpoints/2" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, tiny_data):
+    run_dir = _trained_run(tmp_path, tiny_data)
+    path = os.path.join(run_dir, "config.json")
+    data = json.loads(open(path).read())
+    data["width"] = 12
+    open(path, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"has shape \(.*8\), the config's model needs \(.*12\)"):
+        load_run(run_dir)
+    data["width"], data["norm"] = 8, "batchnorm"  # adds norm parameters the checkpoint lacks
+    open(path, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match="does not match the run's model"):
+        load_run(run_dir)
+    open(path, "w").write("{not json")
+    with pytest.raises(ConfigError, match="not a valid run config"):
+        load_run(run_dir)
+
+
+def test_analyze_command_writes_json_and_plots(tmp_path):
+    cfg = SweepConfig(
+        base=tiny_config(steps=4, eval_every=2, checkpoint_every=2, dataset="synthetic"),
+        depths=(3,),
+        activations=("tanh",),
+        norms=("batchnorm",),
+        seeds=1,
+    )
+    (row,) = run_sweep(cfg, str(tmp_path), write_report=False)
+    run_dir = tmp_path / "runs" / row["name"]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.analyze", f"--run_dir={run_dir}", "--step=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads((run_dir / "analysis" / "step_2" / "analysis.json").read_text())
+    assert result["step"] == 2 and len(result["layer_stats"]["grad_norms"]) == 3
+    assert result["jacobian"]["method"] == "exact" and len(result["jacobian"]["singular_values"]) == 8
+    for name in ("layer_norms.png", "jacobian_spectrum.png"):
+        assert (run_dir / "analysis" / "step_2" / name).stat().st_size > 10_000
+    bad = subprocess.run(
+        [sys.executable, "-m", "experiments.analyze", f"--run_dir={run_dir}", "--step=3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and "Traceback" not in bad.stderr
