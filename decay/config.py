@@ -36,7 +36,7 @@ class RunConfig:
     eval_every: int = 100  # steps between test evaluations
     log_every: int = 10  # steps between TensorBoard points and loss-history points
     histograms: bool = False  # also log per-layer histograms of log10 |dL/dW_l| (computed in the jit)
-    checkpoint_every: int = 100  # steps between Orbax checkpoints (also saved at step 0 and the end); 0: only those
+    checkpoint_every: int = 1000  # steps between Orbax checkpoints (also saved at step 0 and the end); 0: only those
     keep_checkpoints: int = 2  # newest checkpoints kept, besides the one at step 0
     seed: int = 0  # seeds parameters and the order of minibatches
     data_seed: int = 0  # seeds the train/test split and synthetic data, shared by all runs

@@ -172,11 +172,19 @@ def layer_kernels(tree: Any) -> list[jax.Array]:
 
 
 def frobenius(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Frobenius norm over `axes`, computed as max|x| * ||x / max|x|||: entries beyond 1e19
-    do not overflow float32. Inf or NaN entries still give Inf or NaN."""
-    m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    scale = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
-    return jnp.squeeze(scale, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
+    """Frobenius norm over `axes` that does not overflow float32 for entries beyond 1e19.
+
+    The plain sum of squares is one pass; only when it overflows (rare: a diverging run) is
+    the norm recomputed as max|x| * ||x / max|x|||. Inf or NaN entries still give Inf or NaN.
+    """
+    plain = jnp.sqrt(jnp.sum(jnp.square(x), axis=axes))
+
+    def scaled(x):
+        m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+        scale = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+        return jnp.squeeze(scale, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda x: plain, scaled, x)
 
 
 def kernel_norms(tree: Any) -> jax.Array:

@@ -46,29 +46,10 @@ def safe_log10(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, dict[str
 def mark_special(ax, x: np.ndarray, masks: dict[str, np.ndarray], color: Any) -> None:
     """Draws zeros / +Inf / NaN of a series as markers on the panel's edges (axes coordinates in y)."""
     trans = transforms.blended_transform_factory(ax.transData, ax.transAxes)
-    if masks["zero"].any():
-        ax.scatter(
-            x[masks["zero"]],
-            np.full(masks["zero"].sum(), 0.02),
-            marker="v",
-            color=color,
-            transform=trans,
-            zorder=5,
-            clip_on=False,
-        )
-    if masks["posinf"].any():
-        ax.scatter(
-            x[masks["posinf"]],
-            np.full(masks["posinf"].sum(), 0.98),
-            marker="^",
-            color=color,
-            transform=trans,
-            zorder=5,
-            clip_on=False,
-        )
     bad = masks["nan"] | masks["neg"]
-    if bad.any():
-        ax.scatter(x[bad], np.full(bad.sum(), 0.5), marker="x", color="red", transform=trans, zorder=5, clip_on=False)
+    for mask, y, marker, c in ((masks["zero"], 0.02, "v", color), (masks["posinf"], 0.98, "^", color), (bad, 0.5, "x", "red")):
+        if mask.any():
+            ax.scatter(x[mask], np.full(mask.sum(), y), marker=marker, color=c, transform=trans, zorder=5, clip_on=False)
 
 
 def _config_key(r: Row) -> tuple[str, bool]:

@@ -43,7 +43,7 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evalua
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard points.")
 _HISTOGRAMS = flags.DEFINE_bool("histograms", False, "Also log per-layer log10|gradient| histograms to TensorBoard.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
-    "checkpoint_every", 100, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those."
+    "checkpoint_every", 1000, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those."
 )
 _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept per run, besides step 0.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")

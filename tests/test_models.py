@@ -213,3 +213,10 @@ def test_halted_run_keeps_last_finite_parameters(tiny_data):
     later, _ = prog.train_chunk(new_state, x, y, jax.random.key(0), n_steps=2)
     for a, b in zip(jax.tree.leaves(later.params), jax.tree.leaves(new_state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_frobenius_norm_survives_huge_finite_entries():
+    x = jnp.array([[3e20, 4e20], [0.0, 0.0], [jnp.inf, 1.0], [jnp.nan, 1.0], [3.0, 4.0]], jnp.float32)
+    n = np.asarray(models.frobenius(x, (1,)))
+    np.testing.assert_allclose(n[[0, 1, 4]], [5e20, 0.0, 5.0], rtol=1e-6)
+    assert np.isposinf(n[2]) and np.isnan(n[3])
