@@ -171,22 +171,19 @@ def layer_kernels(tree: Any) -> list[jax.Array]:
     return out
 
 
-def frobenius(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Frobenius norm over `axes` that does not overflow float32 for entries beyond 1e19.
+def frobenius(x: jax.Array, axes: tuple[int, ...], scaled: bool = False) -> jax.Array:
+    """Frobenius norm over `axes`.
 
-    The plain sum of squares is one pass; only when it overflows (rare: a diverging run) is
-    the norm recomputed as max|x| * ||x / max|x|||. Inf or NaN entries still give Inf or NaN.
+    `scaled=True` computes max|x| * ||x / max|x||| (two passes), which does not overflow
+    float32 for entries beyond 1e19; Inf or NaN entries still give Inf or NaN.
     """
-    plain = jnp.sqrt(jnp.sum(jnp.square(x), axis=axes))
-
-    def scaled(x):
-        m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-        scale = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
-        return jnp.squeeze(scale, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda x: plain, scaled, x)
+    if not scaled:
+        return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes))
+    m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    scale = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+    return jnp.squeeze(scale, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
 
 
-def kernel_norms(tree: Any) -> jax.Array:
+def kernel_norms(tree: Any, scaled: bool = False) -> jax.Array:
     """Frobenius norm of every hidden layer's kernel, layer 0 first: shape [depth]."""
-    return jnp.concatenate([frobenius(k, tuple(range(1, k.ndim))) for k in layer_kernels(tree)])
+    return jnp.concatenate([frobenius(k, tuple(range(1, k.ndim)), scaled) for k in layer_kernels(tree)])

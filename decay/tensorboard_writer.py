@@ -9,8 +9,12 @@ layer adds `grad_log10_hist/layer_XX` (a histogram of log10 |dL/dW_l|) and the s
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
 
 from decay import histograms
@@ -49,8 +53,10 @@ class RunWriter:
     """Writes one run's scalars and histograms to `log_dir`."""
 
     def __init__(self, log_dir: str, depth: int):
-        self._writer = SummaryWriter(log_dir)
-        self._file = self._writer._get_file_writer()
+        # tensorboardX's synchronous EventsWriter: SummaryWriter's asynchronous path pickles every
+        # event through a multiprocessing queue, which costs more than the training step's statistics.
+        os.makedirs(log_dir, exist_ok=True)
+        self._events = EventsWriter(os.path.join(log_dir, "events"))
         self._depth = depth
         self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
         self._prefixes: dict[str, list[bytes]] = {k: [_scalar_prefix(t) for t in v] for k, v in self._tags.items()}
@@ -73,7 +79,7 @@ class RunWriter:
             summary = Summary.FromString(blob)
             if "grad_hist_counts" in stats:
                 summary.value.extend(self._histogram_values(stats, i))
-            self._file.add_summary(summary, int(step))
+            self._write(summary, int(step))
 
     def _histogram_values(self, stats: dict[str, np.ndarray], i: int) -> list:
         values = []
@@ -103,8 +109,12 @@ class RunWriter:
             Summary.Value(tag="test_loss", simple_value=float(test_loss)),
             Summary.Value(tag="test_accuracy", simple_value=float(test_accuracy)),
         ]
-        self._file.add_summary(Summary(value=values), int(step))
+        self._write(Summary(value=values), int(step))
+
+    def _write(self, summary: Summary, step: int) -> None:
+        self._events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def close(self) -> None:
         """Flushes and closes the event file."""
-        self._writer.close()
+        self._events.flush()
+        self._events.close()

@@ -77,10 +77,20 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
     # batch_stats is an argument, not a closure, so that batchnorm may update it inside the trace.
     grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), argnums=(0, 1), has_aux=True)
     (loss, (aux, new_bs)), (grads, probe_grads) = grad_fn(params, probes, batch_stats, x, y)
+    pure_grads = nnx.to_pure_dict(grads)
+    axes = tuple(range(1, probe_grads.ndim))
+    plain = (models.kernel_norms(pure_grads), models.frobenius(probe_grads, axes))
+    # One pass each; only if a sum of squares overflowed (entries beyond ~1e19, a diverging run)
+    # are the norms recomputed scaled, so that a huge but finite gradient is not mistaken for Inf.
+    grad_norms, signal_norms = jax.lax.cond(
+        jnp.all(jnp.isfinite(plain[0])) & jnp.all(jnp.isfinite(plain[1])),
+        lambda: plain,
+        lambda: (models.kernel_norms(pure_grads, True), models.frobenius(probe_grads, axes, True)),
+    )
     stats = {
         "loss": loss,
-        "grad_norms": models.kernel_norms(nnx.to_pure_dict(grads)),
-        "signal_norms": models.frobenius(probe_grads, tuple(range(1, probe_grads.ndim))),
+        "grad_norms": grad_norms,
+        "signal_norms": signal_norms,
         "act_rms": aux["act_rms"],
         "weight_norms": models.kernel_norms(nnx.to_pure_dict(params)),
     }
