@@ -85,10 +85,7 @@ def _representation(run: LoadedRun):
 
     def rep(x_single):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        h = model.stem(x_single[None].reshape((1, -1)) if run.config.model == "mlp" else x_single[None], None, False)
-        if model.blocks is not None:
-            h, _ = model.blocks(h, None, False)
-        return h.reshape(-1)
+        return models.last_hidden(model, x_single[None]).reshape(-1)
 
     return rep
 

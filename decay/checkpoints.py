@@ -99,10 +99,8 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first[:200]})") from None
     arrays = out["state"]
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    restored = [np.asarray(arrays[jax.tree_util.keystr(p)]).astype(np.asarray(leaf).dtype) for p, leaf in leaves]
+    restored = [np.asarray(arrays[k]).astype(v.dtype) for k, v in expected.items()]
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), restored)
-    del treedef
     data_key = jax.random.wrap_key_data(np.asarray(arrays["['data_key']"], np.uint32))
     return state, data_key, out["progress"], step
 

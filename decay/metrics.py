@@ -72,6 +72,14 @@ def verdict(chi: float | None, depth: int, signal_norms: Sequence[float | None] 
     return "stable"
 
 
+def first_over_last(row: dict[str, Any]) -> float | None:
+    """Measured ||dL/dh_0|| / ||dL/dh_{L-1}|| at initialization; None when undefined."""
+    s = row["signal_norms_init"]
+    if s and s[0] is not None and s[-1] not in (None, 0):
+        return s[0] / s[-1]
+    return None
+
+
 def _fmt_sci(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
@@ -88,11 +96,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (model, depth, act, norm, residual), rs in groups.items():
         chis = [r["chi"] for r in rs if r["chi"] is not None]
         accs = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
-        ratios = []
-        for r in rs:
-            s = r["signal_norms_init"]
-            if s and s[0] is not None and s[-1] not in (None, 0):
-                ratios.append(s[0] / s[-1])
+        ratios = [x for x in map(first_over_last, rs) if x is not None]
         chi_med = float(np.median(chis)) if chis else None
         verdicts = [r["verdict"] for r in rs]
         # The row's verdict is the rule applied to the median chi (deterministic, matches the chi shown).

@@ -130,12 +130,25 @@ class SeedCNN(nnx.Module):
         return _forward(self, x, probes, train, pool=False)
 
 
-def _forward(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, pool: bool):
+def _hidden(model: Any, x: jax.Array, probes: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Stem and scanned blocks: (last hidden layer's output, per-layer act RMS)."""
     h = model.stem(x, None if probes is None else probes[0], train)
     act_rms = _rms(h)[None]
     if model.blocks is not None:
         h, rest = model.blocks(h, None if probes is None else probes[1:], train)
         act_rms = jnp.concatenate([act_rms, rest])
+    return h, act_rms
+
+
+def last_hidden(model: nnx.Module, x: jax.Array, train: bool = False) -> jax.Array:
+    """The last hidden layer's output h_{L-1} for a batch x: what the head (after pooling, for cnn) reads."""
+    if isinstance(model, MLP):
+        x = x.reshape(x.shape[0], -1)
+    return _hidden(model, x, None, train)[0]
+
+
+def _forward(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, pool: bool):
+    h, act_rms = _hidden(model, x, probes, train)
     if pool:
         h = jnp.mean(h, axis=(1, 2))
     return model.head(h.reshape(h.shape[0], -1)), {"act_rms": act_rms}

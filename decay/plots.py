@@ -9,6 +9,7 @@ crosses (NaN) instead.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib import transforms  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 Row = dict[str, Any]
 NORM_STYLES = {"none": "-", "batchnorm": "--", "layernorm": ":", "rmsnorm": "-."}
@@ -90,18 +92,9 @@ def _seed_profiles(rows: Sequence[Row], key: str) -> tuple[np.ndarray, np.ndarra
     return med, lo, hi, specials
 
 
-class _quiet_nan:
+def _quiet_nan() -> warnings.catch_warnings:
     """Silences numpy's all-NaN-slice warnings (they are expected here)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
+    return warnings.catch_warnings(action="ignore", category=RuntimeWarning)
 
 
 def _group(rows: Sequence[Row], *keys: str) -> dict[tuple, list[Row]]:
@@ -154,8 +147,6 @@ def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
                 ax.grid(alpha=0.3)
                 if row_i == 0:
                     ax.set_title(f"{act}, {_config_label(*cfg)}")
-        from matplotlib.lines import Line2D
-
         handles = [Line2D([], [], color=colors[d], lw=2, label=f"depth {d}") for d in depths]
         handles += [
             Line2D([], [], marker="v", ls="", color="gray", label="0 (underflow)"),
@@ -288,8 +279,6 @@ def training_curves(rows: Sequence[Row]) -> Any:
                 ax.set_xlabel("step")
             if j == 0:
                 ax.set_ylabel("log10 training loss")
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=colors[d], label=f"depth {d}") for d in depths]
     handles.append(Line2D([], [], marker="x", ls="", color="red", label="diverged here"))
     fig.legend(handles=handles, loc="upper right", fontsize=8)

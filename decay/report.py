@@ -46,11 +46,7 @@ def config_sentence(rows: Sequence[Row]) -> str:
         else:
             word = "shrinks" if factor < 1 else "grows"
             parts.append(f"the gradient {word} x{factor:.2f} per layer toward the input (chi = {chi:.3g})")
-    ratios = []
-    for r in deep_rows:
-        s = r["signal_norms_init"]
-        if s and s[0] is not None and s[-1]:
-            ratios.append(s[0] / s[-1])
+    ratios = [x for x in map(metrics.first_over_last, deep_rows) if x is not None]
     if ratios:
         ratio = float(np.median(ratios))
         if ratio == 0:

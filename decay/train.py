@@ -87,12 +87,20 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
         lambda: plain,
         lambda: (models.kernel_norms(pure_grads, True), models.frobenius(probe_grads, axes, True)),
     )
+    # Diverged: a non-finite loss or any non-finite gradient entry, every parameter included. The
+    # hidden kernels (nearly all entries) are covered by their overflow-safe norms; the rest is small.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad_norms)) & jnp.all(jnp.isfinite(signal_norms))
+    for path, g in jax.tree_util.tree_leaves_with_path(pure_grads):
+        keys = [getattr(k, "key", None) for k in path]
+        if keys[-2:] != ["linear", "kernel"] or keys[0] not in ("stem", "blocks"):
+            finite &= jnp.all(jnp.isfinite(g))
     stats = {
         "loss": loss,
         "grad_norms": grad_norms,
         "signal_norms": signal_norms,
         "act_rms": aux["act_rms"],
         "weight_norms": models.kernel_norms(nnx.to_pure_dict(params)),
+        "finite": finite,
     }
     return grads, new_bs, stats
 
@@ -118,15 +126,7 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     stats["update_ratio"] = models.kernel_norms(nnx.to_pure_dict(updates)) / stats["weight_norms"]
-    # Diverged: a non-finite loss or any non-finite gradient entry, every parameter included. The
-    # hidden kernels (nearly all entries) are covered by their overflow-safe norms; the rest is small.
-    finite = jnp.isfinite(stats["loss"]) & jnp.all(jnp.isfinite(stats["grad_norms"]))
-    finite &= jnp.all(jnp.isfinite(stats["signal_norms"]))
-    for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
-        keys = [getattr(k, "key", None) for k in path]
-        if keys[-2:] != ["linear", "kernel"] or keys[0] not in ("stem", "blocks"):
-            finite &= jnp.all(jnp.isfinite(g))
-    stats["finite"] = finite
+    finite = stats["finite"]
     keep = finite & ~state.halted  # once halted, the state stays at the last finite point
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
     new_state = TrainState(
@@ -353,8 +353,7 @@ def train_run(
             p["init_stats"] = p["last_stats"] = _stats_to_json(init)
             p["recent_losses"] = [float(init["loss"])]
             p["loss_history"] = [[0, metrics_lib.clean(init["loss"])]]
-            finite = np.isfinite(init["loss"]) and np.all(np.isfinite(init["signal_norms"]))
-            p["diverged_at"] = None if finite else 0
+            p["diverged_at"] = None if init["finite"] else 0
             if writer:
                 writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init.items()})
         save_checkpoint()
@@ -382,9 +381,6 @@ def train_run(
         if bad.size:
             p["diverged_at"] = done + good
             p["done"] = done + n
-            # Parameters stayed at the last finite step: evaluate what survived.
-            test_loss, test_acc = evaluate(prog, state, x_test, y_test)
-            p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
             save_checkpoint()
             break
         p["done"] = done + n
@@ -398,9 +394,7 @@ def train_run(
             )
             if writer:
                 writer.write_eval(p["done"], test_loss, test_acc)
-        if cfg.checkpoint_every and (p["done"] % cfg.checkpoint_every == 0 or p["done"] == cfg.steps):
-            save_checkpoint()
-        elif p["done"] == cfg.steps:
+        if p["done"] == cfg.steps or (cfg.checkpoint_every and p["done"] % cfg.checkpoint_every == 0):
             save_checkpoint()
         if on_progress is not None:
             on_progress(RunProgress(p["done"], cfg.steps, losses[-1] if losses else math.nan))
@@ -431,7 +425,7 @@ def train_run(
         "steps": cfg.steps,
         "seed": cfg.seed,
         "final_loss": metrics_lib.clean(final_loss),
-        # A diverged run has no meaningful test score: its parameters are where training blew up.
+        # A diverged run has no test score: its parameters are where training blew up.
         "test_loss": None if p["diverged_at"] is not None else p["test_loss"],
         "test_accuracy": None if p["diverged_at"] is not None else metrics_lib.clean(p["test_accuracy"]),
         "diverged": p["diverged_at"] is not None,

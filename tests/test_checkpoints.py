@@ -7,8 +7,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +14,7 @@ import numpy as np
 import pytest
 
 from decay import ConfigError, SweepConfig, analysis, checkpoints, load_run, run_sweep, train
-from tests.conftest import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import run_module, tiny_config, without_wall_time
 
 
 def _equal_trees(a, b) -> bool:
@@ -94,8 +90,7 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path):
     for step in ("6", "4"):
         shutil.rmtree(part / "runs" / full[1]["name"] / "checkpoints" / step)
     resumed = run_sweep(cfg, str(part), write_report=False)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
-    assert strip(resumed) == strip(full)
+    assert without_wall_time(resumed) == without_wall_time(full)
 
 
 def test_loaded_run_analysis_equals_live_state(tmp_path, tiny_data):
@@ -221,24 +216,12 @@ def test_analyze_command_writes_json_and_plots(tmp_path):
     )
     (row,) = run_sweep(cfg, str(tmp_path), write_report=False)
     run_dir = tmp_path / "runs" / row["name"]
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.analyze", f"--run_dir={run_dir}", "--step=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=2")
     assert out.returncode == 0, out.stderr
     result = json.loads((run_dir / "analysis" / "step_2" / "analysis.json").read_text())
     assert result["step"] == 2 and len(result["layer_stats"]["grad_norms"]) == 3
     assert result["jacobian"]["method"] == "exact" and len(result["jacobian"]["singular_values"]) == 8
     for name in ("layer_norms.png", "jacobian_spectrum.png"):
         assert (run_dir / "analysis" / "step_2" / name).stat().st_size > 10_000
-    bad = subprocess.run(
-        [sys.executable, "-m", "experiments.analyze", f"--run_dir={run_dir}", "--step=3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=3")
     assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and "Traceback" not in bad.stderr

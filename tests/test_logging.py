@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +12,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from decay import histograms, plots, report, train
-from tests.conftest import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import run_module, tiny_config
 
 
 def _events(log_dir):
@@ -142,13 +138,7 @@ def test_report_from_results_alone(tmp_path, awkward_rows):
     with open(tmp_path / "results.jsonl", "w") as f:
         for r in awkward_rows:
             f.write(json.dumps(r) + "\n")  # Python's json writes NaN/Infinity tokens; the reader copes
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_module("experiments.report", f"--workdir={tmp_path}", timeout=120)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "report.md").read_text()
     assert "| depth | activation | norm |" in text
@@ -161,13 +151,7 @@ def test_report_from_results_alone(tmp_path, awkward_rows):
 
 
 def test_report_command_without_results_is_one_line(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.report", f"--workdir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_module("experiments.report", f"--workdir={tmp_path}", timeout=120)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "has no results.jsonl" in out.stderr
 
 

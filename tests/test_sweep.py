@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 from absl import flags
 
 from decay import ConfigError, SweepConfig, run_sweep
-from tests.conftest import tiny_config
+from tests.conftest import run_module, tiny_config, without_wall_time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = [
     "model",
     "dataset",
@@ -47,9 +44,7 @@ REQUIRED = [
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.depth_sweep", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_module("experiments.depth_sweep", *args)
 
 
 def test_depth_sweep_end_to_end(tmp_path):
@@ -101,8 +96,7 @@ def test_same_seed_gives_identical_results(tmp_path):
     )
     a = run_sweep(cfg, str(tmp_path / "a"))
     b = run_sweep(cfg, str(tmp_path / "b"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
-    assert strip(a) == strip(b)
+    assert without_wall_time(a) == without_wall_time(b)
     assert a[0]["signal_norms_init"] != a[1]["signal_norms_init"]  # different seeds differ
 
 
