@@ -225,3 +225,18 @@ def test_analyze_command_writes_json_and_plots(tmp_path):
         assert (run_dir / "analysis" / "step_2" / name).stat().st_size > 10_000
     bad = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=3")
     assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "--run_dir is required"),
+        (["--run_dir=/nonexistent/run"], "/nonexistent/run/config.json not found: not a run folder"),
+        (["--run_dir=/nonexistent/run", "--examples=0"], "--examples and --jacobian_examples must be integers >= 1"),
+        (["--run_dir=/nonexistent/run", "--step=abc"], "--step=abc"),
+    ],
+)
+def test_analyze_bad_input_is_one_line(args, expected):
+    out = run_module("experiments.analyze", *args, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and expected in out.stderr

@@ -162,3 +162,8 @@ def test_config_sentence_names_the_failure():
     assert "shrinks x0.76 per layer" in line
     assert "at depth 32 the first layer gets 1.0e-08 of the last layer's gradient" in line
     assert "95% at depth 2 and 10% at depth 32 (chance level)" in line
+
+
+def test_report_command_requires_workdir():
+    out = run_module("experiments.report", timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--workdir is required" in out.stderr
