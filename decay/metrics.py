@@ -98,6 +98,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         accs = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
         ratios = [x for x in map(first_over_last, rs) if x is not None]
         chi_med = float(np.median(chis)) if chis else None
+        theory = [r["chi_theory"] for r in rs if r.get("chi_theory") is not None]
+        chi_theory = float(np.median(theory)) if theory else None
         verdicts = [r["verdict"] for r in rs]
         # The row's verdict is the rule applied to the median chi (deterministic, matches the chi shown).
         row_verdict = verdict(chi_med, depth) if chi_med is not None else max(sorted(set(verdicts)), key=verdicts.count)
@@ -111,6 +113,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "init": rs[0]["init"],
                 "seeds": len(rs),
                 "chi": chi_med,
+                "chi_theory": chi_theory,
+                "chi_ratio": chi_med / chi_theory if chi_med is not None and chi_theory else None,
                 "first_over_last": float(np.median(ratios)) if ratios else None,
                 "verdict": row_verdict,
                 "acc_mean": float(np.mean(accs)) if accs else None,
@@ -122,17 +126,21 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table, one row per config: chi, gradient ratio, verdict, accuracy, divergences."""
+    """Markdown table, one row per config: chi, its theory and their ratio, gradient ratio, verdict, accuracy, divergences."""
     lines = [
-        "| depth | activation | norm | init | chi | grad first/last | verdict | test acc | diverged |",
-        "|---:|---|---|---|---:|---:|---|---:|---:|",
+        "| depth | activation | norm | init | chi | chi theory | measured / theory | grad first/last "
+        "| verdict | test acc | diverged |",
+        "|---:|---|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for s in summarize(rows):
         norm = s["norm"] + (" +res" if s["residual"] else "")
         chi = "-" if s["chi"] is None else f"{s['chi']:.3f}"
+        chi_t = "-" if s["chi_theory"] is None else f"{s['chi_theory']:.3f}"
+        ratio = "-" if s["chi_ratio"] is None else f"{s['chi_ratio']:.3f}"
         acc = "-" if s["acc_mean"] is None else f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}%"
         lines.append(
-            f"| {s['depth']} | {s['activation']} | {norm} | {s['init']} | {chi} | {_fmt_sci(s['first_over_last'])} "
+            f"| {s['depth']} | {s['activation']} | {norm} | {s['init']} | {chi} | {chi_t} | {ratio} "
+            f"| {_fmt_sci(s['first_over_last'])} "
             f"| {s['verdict']} | {acc} | {s['diverged']}/{s['seeds']} |"
         )
     return "\n".join(lines)

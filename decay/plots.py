@@ -104,11 +104,21 @@ def _group(rows: Sequence[Row], *keys: str) -> dict[tuple, list[Row]]:
     return out
 
 
+def _theory_overlay(ax, rows: Sequence[Row], measured_log: np.ndarray, color: Any) -> None:
+    """Dashed predicted ||dL/dh_l||, scaled to the measured median at the last layer (where the gradient enters)."""
+    profile = next((r.get("signal_profile_theory") for r in rows if r.get("signal_profile_theory")), None)
+    if profile is None or not measured_log.size or not np.isfinite(measured_log[-1]):
+        return
+    lg, _ = safe_log10(as_float_array(profile))
+    ax.plot(np.arange(len(lg)), lg + measured_log[-1], color=color, lw=1.2, ls=(0, (3, 2)), alpha=0.9)
+
+
 def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
     """One figure per activation: per-layer signal and kernel-gradient norms at init, norms side by side.
 
     Rows of panels: log10 ||dL/dh_l|| against layer (one line per depth, median over seeds,
-    band = min..max); log10 ||dL/dW_l||; a layer x depth heatmap of the median signal norm.
+    band = min..max, dashed: the mean-field prediction where one exists); log10 ||dL/dW_l||;
+    a layer x depth heatmap of the median signal norm.
     Panels of a row share their y (or colour) scale.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -139,6 +149,7 @@ def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
                     ax.fill_between(x, lo, hi, color=colors[depth], alpha=0.2, lw=0)
                     mark_special(ax, x, specials, colors[depth])
                     if key == "signal_norms_init":
+                        _theory_overlay(ax, d_rows, med, colors[depth])
                         heat[(c, depth)] = med
                         heat_zero[(c, depth)] = specials["zero"]
                 ax.set_xlabel("layer l  (0 = input side)")
@@ -148,6 +159,9 @@ def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
                 if row_i == 0:
                     ax.set_title(f"{act}, {_config_label(*cfg)}")
         handles = [Line2D([], [], color=colors[d], lw=2, label=f"depth {d}") for d in depths]
+        if any(r.get("signal_profile_theory") for r in act_rows):
+            label = "mean-field theory\n(anchored at last layer)"
+            handles.append(Line2D([], [], color="black", lw=1.2, ls=(0, (3, 2)), label=label))
         handles += [
             Line2D([], [], marker="v", ls="", color="gray", label="0 (underflow)"),
             Line2D([], [], marker="^", ls="", color="gray", label="+Inf (overflow)"),

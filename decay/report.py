@@ -46,6 +46,11 @@ def config_sentence(rows: Sequence[Row]) -> str:
         else:
             word = "shrinks" if factor < 1 else "grows"
             parts.append(f"the gradient {word} x{factor:.2f} per layer toward the input (chi = {chi:.3g})")
+    chi_theory = _median([r.get("chi_theory") for r in deep_rows])
+    if chi is not None and chi_theory is not None:
+        parts.append(f"mean-field theory predicts chi = {chi_theory:.3g} (measured / theory = {chi / chi_theory:.2f})")
+    elif deep_rows[0].get("theory", "").startswith("no theory"):
+        parts.append(deep_rows[0]["theory"])
     ratios = [x for x in map(metrics.first_over_last, deep_rows) if x is not None]
     if ratios:
         ratio = float(np.median(ratios))
@@ -124,7 +129,9 @@ def write_report(workdir: str) -> str:
     lines += [
         "",
         "chi is the per-layer factor of the squared backprop signal ||dL/dh_l||^2 at initialization, "
-        "fitted over the middle layers; the gradient norm itself changes by sqrt(chi) per layer.",
+        "fitted over the middle layers; the gradient norm itself changes by sqrt(chi) per layer. "
+        "chi theory is the same fit applied to the mean-field prediction of the same network (infinite width; "
+        "see decay/theory.py); dashed lines in the gradient-flow figures draw that prediction.",
         "",
         "## Summary table",
         "",

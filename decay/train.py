@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from decay import histograms, models, optim
+from decay import histograms, models, optim, theory
 from decay import metrics as metrics_lib
 from decay.config import RunConfig
 from decay.data import Dataset
@@ -290,6 +290,17 @@ def _stats_from_json(data: dict[str, Any] | None) -> dict[str, np.ndarray] | Non
     return {k: np.array([np.nan if v is None else v for v in a], np.float64) for k, a in data.items()}
 
 
+@functools.lru_cache(maxsize=64)
+def _theory_cached(cfg: RunConfig, q_in: tuple[float, ...], fan_in: int) -> dict[str, Any]:
+    return theory.predict(cfg, np.asarray(q_in), fan_in)
+
+
+def _theory(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    """Mean-field prediction for `cfg` (`chi_theory`, `signal_profile_theory`, `theory`); seeds share it."""
+    q_in, fan_in = theory.input_q(dataset.x_train)
+    return dict(_theory_cached(dataclasses.replace(cfg, seed=0), tuple(q_in.tolist()), fan_in))
+
+
 def train_run(
     cfg: RunConfig,
     dataset: Dataset,
@@ -441,6 +452,7 @@ def train_run(
         "act_rms_final": _to_list(last_stats["act_rms"]),
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
         "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
+        **_theory(cfg, dataset),
         "history": p["history"],
         "loss_history": p["loss_history"],
         "num_classes": dataset.num_classes,

@@ -1,0 +1,597 @@
+"""Mean-field theory of signal propagation at initialization, next to what `decay` measures.
+
+Setting (Poole et al. 2016; Schoenholz et al. 2017): a wide net with pre-activations
+h_l = W_l x_{l-1} + b_l, x_l = phi(h_l), W_ij ~ N(0, weight_var / fan_in), b_i ~ N(0, bias_var).
+With z, z1, z2 independent standard normals:
+
+  variance map     q_l = weight_var E[phi(sqrt(q_{l-1}) z)^2] + bias_var              -> fixed point q*
+  correlation map  c_l = (weight_var E[phi(u1) phi(u2)] + bias_var) / q*,
+                   u1 = sqrt(q*) z1, u2 = sqrt(q*) (c z1 + sqrt(1 - c^2) z2)          -> fixed point c*
+  chi_1 = weight_var E[phi'(sqrt(q*) z)^2]   the per-layer factor of the squared backprop signal
+                                             ||dL/dh_l||^2 = chi_1 ||dL/dh_{l+1}||^2 (what `decay` calls chi)
+  chi_c = weight_var E[phi'(u1) phi'(u2)] at c*, the slope of the correlation map at c*
+  depth scales     xi_q = -1 / log(chi_1 + weight_var E[phi''(sqrt(q*) z) phi(sqrt(q*) z)])
+                   xi_c = -1 / log(chi_c)                  (ordered phase: c* = 1, chi_c = chi_1)
+                   xi_grad = -1 / log(chi_1)               (negative: gradients grow toward the input)
+  phase            ordered when chi_1 < 1 (c* = 1 attracts), chaotic when chi_1 > 1 (c* < 1);
+                   Schoenholz et al. report that nets train up to a depth of about 6 xi_c.
+
+Gaussian expectations are computed in float64 by Gauss-Legendre quadrature on [-10, 10] split
+at 0 (the kink of ReLU-like activations), exact to ~1e-13 for the registered activations.
+
+Batch normalization (Yang, Pennington, Rao, Sohl-Dickstein, Schoenholz, ICLR 2019, "A Mean Field
+Theory of Batch Normalization"): see `batchnorm_chi`. Layer/RMS normalization and residual
+branches `x + alpha f(x)`: see `signal_profile`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decay.config import RunConfig
+from decay.layers import ACTIVATIONS, resolve_init
+
+_CUT = 10.0  # |z| > 10 holds < 2e-23 of a standard normal's mass
+_NODES = 64  # Gauss-Legendre nodes per half-line
+UNBOUNDED = math.inf  # q* of a variance map that grows without limit
+
+
+def _legendre(n: int, a, b):
+    """Gauss-Legendre nodes and weights on [a, b] (a, b broadcastable arrays); nodes on the last axis."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    a = jnp.asarray(a)[..., None]
+    b = jnp.asarray(b)[..., None]
+    half = (b - a) / 2
+    return a + half * (x + 1), half * w
+
+
+@functools.cache
+def _normal_rule() -> tuple[np.ndarray, np.ndarray]:
+    """Nodes z and weights w with sum(w f(z)) = E[f(z)], z ~ N(0, 1), split at 0."""
+    x, w = np.polynomial.legendre.leggauss(_NODES)
+    pos = (x + 1) * _CUT / 2
+    wpos = w * _CUT / 2
+    z = np.concatenate([-pos[::-1], pos])
+    wz = np.concatenate([wpos[::-1], wpos]) * np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
+    return z, wz
+
+
+def _fns(activation: str):
+    """phi, phi' and phi'' of a registered activation, elementwise."""
+    phi = ACTIVATIONS.get(activation)
+
+    def d1(x):
+        return jax.jvp(phi, (x,), (jnp.ones_like(x),))[1]
+
+    def d2(x):
+        return jax.jvp(d1, (x,), (jnp.ones_like(x),))[1]
+
+    return phi, d1, d2
+
+
+def _x64(fn):
+    """Runs `fn` with JAX in float64 (the theory's iterations need it near criticality)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _mean(f, q) -> jax.Array:
+    """E[f(sqrt(q) z)], z ~ N(0, 1); q an array, result of the same shape."""
+    z, w = _normal_rule()
+    q = jnp.asarray(q, jnp.float64)
+    return jnp.sum(w * f(jnp.sqrt(q)[..., None] * z), axis=-1)
+
+
+def _mean2(f, g, q, c) -> jax.Array:
+    """E[f(u1) g(u2)], u1 = sqrt(q) z1, u2 = sqrt(q) (c z1 + sqrt(1 - c^2) z2); scalars q, c.
+
+    The inner integral over z2 is split where u2 = 0, so kinks of g at 0 cost no accuracy.
+    """
+    z1, w1 = _normal_rule()
+    c = jnp.clip(jnp.asarray(c, jnp.float64), -1.0, 1.0)
+    s = jnp.sqrt(jnp.maximum(1.0 - c**2, 0.0))
+    sq = jnp.sqrt(jnp.asarray(q, jnp.float64))
+    t = jnp.clip(-c * z1 / jnp.maximum(s, 1e-300), -_CUT, _CUT)  # u2 = 0 at z2 = t
+    lo_z, lo_w = _legendre(_NODES, -_CUT, t)
+    hi_z, hi_w = _legendre(_NODES, t, _CUT)
+    z2 = jnp.concatenate([lo_z, hi_z], -1)
+    w2 = jnp.concatenate([lo_w, hi_w], -1) * jnp.exp(-(z2**2) / 2) / math.sqrt(2 * math.pi)
+    u1 = sq * z1
+    u2 = sq * (c * z1[:, None] + s * z2)
+    inner = jnp.sum(w2 * g(u2), axis=-1)
+    return jnp.sum(w1 * f(u1) * inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# Named inits as (weight_var, bias_var)
+
+
+def init_weight_var(init: str, fan_in: int, fan_out: int) -> float:
+    """sigma_w^2 = fan_in * Var(W_ij) of a registered init for a (fan_in, fan_out) kernel; biases are 0.
+
+    lecun_normal 1; he_* 2; glorot_* 2 fan_in / (fan_in + fan_out) (1 for square layers);
+    orthogonal min(fan_in, fan_out) / fan_out (1 for square layers: orthonormal rows or columns).
+    """
+    if init == "lecun_normal":
+        return 1.0
+    if init in ("he_normal", "he_uniform"):
+        return 2.0
+    if init in ("glorot_normal", "glorot_uniform"):
+        return 2.0 * fan_in / (fan_in + fan_out)
+    if init == "orthogonal":
+        return min(fan_in, fan_out) / fan_out
+    raise ValueError(f"unknown init '{init}' (no mean-field variance for it)")
+
+
+def config_variances(cfg: RunConfig, fan_in: int) -> tuple[float, float, float]:
+    """(stem weight_var, hidden weight_var, bias_var) of a config whose stem reads `fan_in` inputs."""
+    bias_var = float(cfg.bias_var or 0.0)
+    if cfg.weight_var is not None:
+        return float(cfg.weight_var), float(cfg.weight_var), bias_var
+    init = resolve_init(cfg.init, cfg.activation)
+    return init_weight_var(init, fan_in, cfg.width), init_weight_var(init, cfg.width, cfg.width), bias_var
+
+
+# ---------------------------------------------------------------------------------------------
+# Poole et al. 2016, Schoenholz et al. 2017: plain nets
+
+
+@_x64
+def variance_map(activation: str, weight_var: float, bias_var: float, q) -> np.ndarray:
+    """q_l from q_{l-1}: weight_var E[phi(sqrt(q) z)^2] + bias_var (q may be an array)."""
+    phi, _, _ = _fns(activation)
+    return np.asarray(weight_var * _mean(lambda u: phi(u) ** 2, q) + bias_var)
+
+
+@functools.cache
+def _q_solver(activation: str):
+    """Jitted iteration of the variance map from q_in until it settles (elementwise over arrays)."""
+    phi, _, _ = _fns(activation)
+
+    @jax.jit
+    def solve(weight_var, bias_var, q_in):
+        def vmap_(q):
+            return weight_var * _mean(lambda u: phi(u) ** 2, q) + bias_var
+
+        def moving(state):
+            q, prev, _ = state
+            grow = jnp.isfinite(q) & (q < 1e30)
+            return grow & (q > 1e-12) & (jnp.abs(q - prev) > 1e-13 * q)
+
+        def cond(state):
+            return (state[2] < 100_000) & jnp.any(moving(state))
+
+        def body(state):
+            q, _, i = state
+            return jnp.where(moving(state), vmap_(q), q), q, i + 1
+
+        q0 = jnp.asarray(q_in, jnp.float64) * jnp.ones(jnp.broadcast_shapes(jnp.shape(weight_var), jnp.shape(q_in)))
+        q, prev, _ = jax.lax.while_loop(cond, body, (vmap_(q0), q0, 1))
+        return q, prev
+
+    return solve
+
+
+@_x64
+def q_fixed_points(activation: str, weight_var, bias_var, q_in=1.0) -> np.ndarray:
+    """q* that the variance map reaches from q_in, elementwise over arrays of weight_var, bias_var, q_in.
+
+    0 when signals die out (only without bias), `UNBOUNDED` when they grow without limit. Every
+    q is a fixed point when the map is the identity (ReLU with weight_var 2, linear with
+    weight_var 1, both without bias); then q* = q_in.
+    """
+    wv = jnp.asarray(weight_var, jnp.float64)
+    bv = jnp.asarray(bias_var, jnp.float64) * jnp.ones_like(wv)
+    q, prev = _q_solver(activation)(wv, bv, jnp.asarray(q_in, jnp.float64))
+    q, prev = np.asarray(q), np.asarray(prev)
+    unbounded = ~np.isfinite(q) | (q >= 1e30) | ((q > prev * (1 + 1e-9)) & (q > 1e6 * np.maximum(q_in, 1.0)))
+    dying = (np.asarray(bv) == 0) & (q <= prev) & (q < 1e-3 * np.minimum(q_in, 1.0))
+    return np.where(unbounded, UNBOUNDED, np.where(dying, 0.0, q))
+
+
+def q_fixed_point(activation: str, weight_var: float, bias_var: float, q_in: float = 1.0) -> float:
+    """q* of one (weight_var, bias_var) point; see `q_fixed_points`."""
+    return float(q_fixed_points(activation, weight_var, bias_var, q_in))
+
+
+@_x64
+def chi1(activation: str, weight_var: float, q) -> np.ndarray:
+    """chi_1 = weight_var E[phi'(sqrt(q) z)^2] at variance q (an array, or q* for the fixed-point value)."""
+    _, d1, _ = _fns(activation)
+    q = np.asarray(q, np.float64)
+    q = np.where(np.isinf(q), 1e12, q)  # the q -> infinity limit (positive-homogeneous tails)
+    return np.asarray(weight_var * _mean(lambda u: d1(u) ** 2, q))
+
+
+@_x64
+def correlation_map(activation: str, weight_var: float, bias_var: float, q: float, c: float) -> float:
+    """c_l from c_{l-1} at the variance q (normally q*)."""
+    phi, _, _ = _fns(activation)
+    return float((weight_var * _mean2(phi, phi, q, c) + bias_var) / q)
+
+
+@_x64
+def chi_c(activation: str, weight_var: float, q: float, c: float) -> float:
+    """weight_var E[phi'(u1) phi'(u2)]: the slope of the correlation map at c."""
+    _, d1, _ = _fns(activation)
+    return float(weight_var * _mean2(d1, d1, q, c))
+
+
+@functools.cache
+def _c_solver(activation: str):
+    """Jitted iteration of the correlation map from c = 0 until it settles."""
+    phi, _, _ = _fns(activation)
+
+    @jax.jit
+    def solve(weight_var, bias_var, q_star):
+        def cmap(c):
+            return jnp.minimum((weight_var * _mean2(phi, phi, q_star, c) + bias_var) / q_star, 1.0)
+
+        def cond(state):
+            c, prev, i = state
+            return (i < 100_000) & (jnp.abs(c - prev) > 1e-13)
+
+        def body(state):
+            c, _, i = state
+            return cmap(c), c, i + 1
+
+        c0 = jnp.zeros((), jnp.float64)
+        return jax.lax.while_loop(cond, body, (cmap(c0), c0, 1))[0]
+
+    return solve
+
+
+@_x64
+def c_fixed_point(activation: str, weight_var: float, bias_var: float, q_star: float) -> float:
+    """c*: 1 in the ordered phase (chi_1 <= 1) and where q* is 0 or unbounded, else the stable fixed point below 1."""
+    if not (0 < q_star < UNBOUNDED):
+        return 1.0
+    if float(chi1(activation, weight_var, q_star)) <= 1.0:
+        return 1.0
+    return float(_c_solver(activation)(jnp.float64(weight_var), jnp.float64(bias_var), jnp.float64(q_star)))
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPoint:
+    """Mean-field predictions of a plain (unnormalized, non-residual) net; inf/None where undefined."""
+
+    activation: str
+    weight_var: float
+    bias_var: float
+    q_star: float
+    c_star: float
+    chi_1: float
+    chi_c: float
+    xi_q: float  # inf at a neutral or unbounded variance map
+    xi_c: float  # inf at criticality
+    xi_grad: float  # -1/log chi_1: gradients shrink by e over xi_grad layers (negative: grow)
+    phase: str  # ordered | critical | chaotic
+    trainable_depth: float  # 6 xi_c (Schoenholz et al. 2017)
+
+
+def _neg_inv_log(x: float) -> float:
+    if not (x > 0) or not math.isfinite(x):
+        return math.nan
+    if abs(math.log(x)) < 1e-12:
+        return math.inf
+    return -1.0 / math.log(x)
+
+
+@_x64
+def fixed_point(activation: str, weight_var: float, bias_var: float = 0.0, q_in: float = 1.0) -> FixedPoint:
+    """q*, c*, chi_1, chi_c, the depth scales, the phase and the trainable depth of a plain net."""
+    phi, d1, d2 = _fns(activation)
+    q = q_fixed_point(activation, weight_var, bias_var, q_in)
+    c1 = float(chi1(activation, weight_var, q))
+    c_star = c_fixed_point(activation, weight_var, bias_var, q)
+    if q < UNBOUNDED:
+        slope_q = c1 + weight_var * float(_mean(lambda u: d2(u) * phi(u), q))
+        xi_q = _neg_inv_log(slope_q)
+        cc = c1 if c_star >= 1.0 else chi_c(activation, weight_var, q, c_star)  # ordered: c* = 1, chi_c = chi_1
+    else:
+        xi_q = math.inf
+        cc = c1
+    xi_c = _neg_inv_log(cc)
+    phase = "critical" if abs(c1 - 1.0) < 1e-9 else ("ordered" if c1 < 1.0 else "chaotic")
+    if q == UNBOUNDED:
+        # Signals grow without limit: no order-to-chaos fixed point, no correlation depth scale.
+        phase, xi_c = "unbounded", math.nan
+    return FixedPoint(
+        activation=activation,
+        weight_var=float(weight_var),
+        bias_var=float(bias_var),
+        q_star=q,
+        c_star=c_star,
+        chi_1=c1,
+        chi_c=cc,
+        xi_q=xi_q,
+        xi_c=xi_c,
+        xi_grad=_neg_inv_log(c1),
+        phase=phase,
+        trainable_depth=6.0 * xi_c,
+    )
+
+
+# Closed forms (ReLU and linear), against which the numeric path is tested.
+
+
+def relu_q_star(weight_var: float, bias_var: float, q_in: float = 1.0) -> float:
+    """ReLU: q* = bias_var / (1 - weight_var / 2) for weight_var < 2; q_in at (2, 0); else unbounded."""
+    if weight_var < 2.0:
+        return bias_var / (1.0 - weight_var / 2.0)
+    if weight_var == 2.0 and bias_var == 0.0:
+        return q_in
+    return UNBOUNDED
+
+
+def relu_chi1(weight_var: float) -> float:
+    """ReLU: chi_1 = weight_var / 2 (phi' is 1 on half the inputs), whatever q."""
+    return weight_var / 2.0
+
+
+def relu_correlation_map(weight_var: float, bias_var: float, q: float, c: float) -> float:
+    """ReLU: the arc-cosine kernel, E[relu(u1) relu(u2)] = q (sqrt(1 - c^2) + (pi - arccos c) c) / (2 pi)."""
+    k = (math.sqrt(max(1.0 - c * c, 0.0)) + (math.pi - math.acos(c)) * c) / (2 * math.pi)
+    return (weight_var * q * k + bias_var) / q
+
+
+def relu_chi_c(weight_var: float, c: float) -> float:
+    """ReLU: weight_var P(u1 > 0, u2 > 0) = weight_var (pi - arccos c) / (2 pi)."""
+    return weight_var * (math.pi - math.acos(c)) / (2 * math.pi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Yang et al. 2019: batch-normalized feedforward nets
+
+
+def _sphere_rules(batch_size: int):
+    """Quadrature for one and two coordinates of z, z uniform on the sphere of radius sqrt(B)
+    in the hyperplane sum(z) = 0 (dimension n = B - 1).
+
+    One coordinate: z1 = sqrt(B - 1) u, u with density ~ (1 - u^2)^((n - 3) / 2) on [-1, 1].
+    Two coordinates: (z1, z2) = sqrt(B) M v, v with density ~ (1 - |v|^2)^((n - 4) / 2) on the unit
+    disk, M M^T = [[1 - 1/B, -1/B], [-1/B, 1 - 1/B]] (the Gram matrix of the centered e1, e2).
+    """
+    b = batch_size
+    n = b - 1
+    u, wu = _legendre(2 * _NODES, jnp.array([-1.0, 0.0]), jnp.array([0.0, 1.0]))
+    u, wu = u.ravel(), wu.ravel()
+    wu = wu * (1 - u**2) ** ((n - 3) / 2)
+    z1 = jnp.sqrt(b - 1.0) * u
+    w1 = wu / jnp.sum(wu)
+    # Two coordinates in polar form; the angle integral is split where z1 or z2 changes sign.
+    a11 = math.sqrt(1 - 1 / b)
+    a21 = (-1 / b) / a11
+    a22 = math.sqrt(1 - 1 / b - a21**2)
+    r, wr = _legendre(2 * _NODES, 0.0, 1.0)
+    wr = wr * r * (1 - r**2) ** ((n - 4) / 2)
+    kinks = np.sort(np.mod([math.pi / 2, 3 * math.pi / 2, math.atan2(-a21, a22), math.atan2(a21, -a22)], 2 * math.pi))
+    edges = np.concatenate([kinks, [kinks[0] + 2 * math.pi]])
+    th, wth = _legendre(_NODES, jnp.asarray(edges[:-1]), jnp.asarray(edges[1:]))
+    th, wth = th.ravel(), wth.ravel()
+    v1 = r[:, None] * jnp.cos(th)[None, :]
+    v2 = r[:, None] * jnp.sin(th)[None, :]
+    w2 = wr[:, None] * wth[None, :]
+    zz1 = math.sqrt(b) * a11 * v1
+    zz2 = math.sqrt(b) * (a21 * v1 + a22 * v2)
+    return z1, w1, zz1.ravel(), zz2.ravel(), (w2 / jnp.sum(w2)).ravel()
+
+
+@_x64
+def batchnorm_chi(activation: str, batch_size: int) -> float:
+    """Per-layer factor of the squared backprop signal of a wide batch-normalized net at initialization.
+
+    The net of Yang et al. (2019), `h_l = W_l x_{l-1} + b_l -> BN over the batch -> phi`, with
+    gamma = 1, beta = 0, batch size B, under their assumptions (infinite width, gradient
+    independence, forward signal at the permutation-symmetric "BSB1" fixed point). There the
+    centered pre-activation of every unit is isotropic in the (B-1)-dimensional centered
+    subspace, so the normalized batch vector z is uniform on the sphere of radius sqrt(B) in it.
+    The backward map of the batch covariance of the gradient Delta (B x B) is
+
+        Delta_{l-1} = weight_var E[ B / ||G h||^2  P D Delta_l D P ],   G = I - 11^T / B,
+        P = G - z z^T / B (BN's Jacobian, a projection), D = diag(phi'(z)),
+
+    and the squared gradient norm tr(Delta) grows by its eigenvalue on Delta = G (the only
+    permutation-invariant direction it keeps), which is the explosion rate lambda_G of the paper:
+
+        lambda_G = B E[tr(P D G D)] / ((B - 1)(B - 3) s),   s = E[phi(z1)^2] - E[phi(z1) phi(z2)],
+
+    using E[B / ||G h||^2] = B / (weight_var s (B - 3)) (an inverse chi-square with B - 1 degrees
+    of freedom). weight_var and bias_var drop out: BN removes both. The expectations reduce to one
+    and two coordinates of z, computed here by quadrature over their exact (finite-B) densities.
+    The paper's two closed forms follow and are tested: linear (B - 2)/(B - 3)
+    (`batchnorm_chi_linear`), and ReLU, which tends to pi / (pi - 1) as B grows
+    (`batchnorm_chi_relu`). Note: this function was written from these stated results and the
+    model above; the paper's own text was not at hand, so equation numbers are not cited.
+    """
+    if batch_size < 5:
+        raise ValueError(f"batchnorm theory needs batch_size >= 5, got {batch_size}")
+    _, d1, _ = _fns(activation)
+    phi = ACTIVATIONS.get(activation)
+    b = float(batch_size)
+    z1, w1, zz1, zz2, w2 = _sphere_rules(batch_size)
+    e_phi2 = jnp.sum(w1 * phi(z1) ** 2)
+    e_phi12 = jnp.sum(w2 * phi(zz1) * phi(zz2))
+    s = e_phi2 - e_phi12
+    e_d2 = jnp.sum(w1 * d1(z1) ** 2)
+    e_d12 = jnp.sum(w2 * d1(zz1) * d1(zz2))
+    e_dz2 = jnp.sum(w1 * (d1(z1) * z1) ** 2)
+    e_dz12 = jnp.sum(w2 * d1(zz1) * zz1 * d1(zz2) * zz2)
+    # E tr(G D G D) = (B - 2) E[d^2] + (E[d^2] + (B - 1) E[d1 d2]) / B;  E[z^T D G D z] / B = (B - 1)(e - f) / B.
+    tr = (b - 2) * e_d2 + (e_d2 + (b - 1) * e_d12) / b - (b - 1) * (e_dz2 - e_dz12) / b
+    return float(b * tr / ((b - 1) * (b - 3) * s))
+
+
+def batchnorm_chi_linear(batch_size: int) -> float:
+    """Linear activation: (B - 2) / (B - 3) per layer."""
+    return (batch_size - 2) / (batch_size - 3)
+
+
+def batchnorm_chi_relu(batch_size: int) -> float:
+    """ReLU, closed form of `batchnorm_chi`; tends to pi / (pi - 1) ~ 1.467 as B grows.
+
+    With rho = -1/(B-1) the correlation of two centered coordinates: P(z1 > 0, z2 > 0) =
+    1/4 + arcsin(rho) / (2 pi), E[relu(z1) relu(z2)] = (sqrt(1 - rho^2) + (pi - arccos rho) rho) / (2 pi).
+    """
+    b = float(batch_size)
+    rho = -1.0 / (b - 1)
+    p2 = 0.25 + math.asin(rho) / (2 * math.pi)
+    k2 = (math.sqrt(1 - rho * rho) + (math.pi - math.acos(rho)) * rho) / (2 * math.pi)
+    s = 0.5 - k2
+    tr = (b - 2) * 0.5 + (0.5 + (b - 1) * p2) / b - (b - 1) * (0.5 - k2) / b
+    return b * tr / ((b - 1) * (b - 3) * s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-wise profiles: plain and residual nets, no norm or a per-example norm
+
+
+@_x64
+def layernorm_chi(activation: str, weight_var: float, bias_var: float) -> float:
+    """Per-layer factor of a wide layer- or RMS-normalized plain net (h -> norm -> phi).
+
+    In the wide limit the norm divides h_l by its RMS over units, sqrt(q_l): the normalized
+    pre-activation is N(0, 1) whatever q, q_l = weight_var E[phi(z)^2] + bias_var, and the
+    backward factor is weight_var E[phi'(z)^2] / q_l (the two directions the norm projects out
+    are negligible against the width).
+    """
+    phi, d1, _ = _fns(activation)
+    q = weight_var * float(_mean(lambda u: phi(u) ** 2, 1.0)) + bias_var
+    return weight_var * float(_mean(lambda u: d1(u) ** 2, 1.0)) / q
+
+
+@_x64
+def signal_profile(
+    activation: str,
+    norm: str,
+    weight_var: float,
+    bias_var: float,
+    depth: int,
+    q_in,
+    stem_weight_var: float | None = None,
+    residual_scale: float | None = None,
+) -> np.ndarray:
+    """Predicted ||dL/dh_l||^2 / ||dL/dh_{L-1}||^2 for layers l = 0..depth-1 (norm 'none', 'layernorm', 'rmsnorm').
+
+    Forward, per unit (the carried state x_l has second moment Q_l and mean m_l, h_l variance q_l):
+        q_0 = stem_weight_var q_in + bias_var,  q_l = weight_var Q_{l-1} + bias_var,
+        y_l = phi(n(h_l)), n = identity (none) or h / sqrt(q_l) (layer/RMS norm, wide limit),
+        plain: Q_l = E[y_l^2];  residual (l >= 1): x_l = x_{l-1} + alpha y_l, so
+        Q_l = Q_{l-1} + 2 alpha m_{l-1} E[y_l] + alpha^2 E[y_l^2],  m_l = m_{l-1} + alpha E[y_l].
+    Backward, with a_l = (alpha^2 for residual blocks) nu_l E[phi'(n(h_l))^2], nu_l = 1 or 1/q_l:
+        ||dL/dh_l||^2 = a_l ||dL/dx_l||^2,  ||dL/dx_{l-1}||^2 = (r + weight_var a_l) ||dL/dx_l||^2,
+        r = 1 for residual blocks (the skip), 0 otherwise.
+    So a plain unnormalized net has the per-layer factor weight_var E[phi'(h_l)^2] = chi_1(q_l),
+    and a residual block multiplies the squared carried gradient by 1 + alpha^2 weight_var nu E[phi'^2].
+    `q_in` may be an array of per-example mean squared inputs; the profile is their average.
+    """
+    if norm not in ("none", "layernorm", "rmsnorm"):
+        raise ValueError(f"no layer-wise profile for norm '{norm}'")
+    phi, d1, _ = _fns(activation)
+    normalized = norm != "none"
+    stem_wv = weight_var if stem_weight_var is None else stem_weight_var
+    q_in = jnp.atleast_1d(jnp.asarray(q_in, jnp.float64))
+    alpha = residual_scale
+
+    def moments(q):
+        scale = jnp.ones_like(q) if normalized else q
+        return (
+            _mean(phi, scale),
+            _mean(lambda u: phi(u) ** 2, scale),
+            _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
+        )
+
+    log_a, log_pass = [], []
+    q = stem_wv * q_in + bias_var
+    m, big_q, dd = moments(q)
+    log_a.append(jnp.log(dd))
+    log_pass.append(jnp.log(weight_var * dd))  # unused for layer 0
+    for _ in range(1, depth):
+        q = weight_var * big_q + bias_var
+        ey, ey2, dd = moments(q)
+        if alpha is None:
+            m, big_q = ey, ey2
+            a = dd
+            log_pass.append(jnp.log(weight_var * a))
+        else:
+            big_q = big_q + 2 * alpha * m * ey + alpha**2 * ey2
+            m = m + alpha * ey
+            a = alpha**2 * dd
+            log_pass.append(jnp.log1p(weight_var * a))
+        log_a.append(jnp.log(a))
+    log_a = jnp.stack(log_a)  # [depth, examples]
+    log_pass = jnp.stack(log_pass)
+    # log ||dL/dx_l||^2 relative to the last layer: sum of log_pass over layers above l.
+    above = jnp.concatenate([jnp.cumsum(log_pass[::-1][:-1], axis=0)[::-1], jnp.zeros_like(log_pass[:1])])
+    log_s = log_a + above
+    log_s = log_s - log_s[-1]
+    # Average over examples in log space (the last layer is 1 for every example).
+    avg = jax.scipy.special.logsumexp(log_s, axis=1) - math.log(log_s.shape[1])
+    return np.asarray(jnp.exp(avg))
+
+
+def _fit(profile: np.ndarray) -> float | None:
+    from decay import metrics
+
+    return metrics.fit_chi(np.sqrt(profile).tolist())
+
+
+def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
+    """Theory for one run: `chi_theory`, `signal_profile_theory` (||dL/dh_l|| / ||dL/dh_{L-1}||) and `theory`.
+
+    `q_in` holds per-example mean squared inputs, `fan_in` the stem's input size. Where no theory
+    applies, both numbers are None and `theory` says why.
+    """
+    none = {"chi_theory": None, "signal_profile_theory": None}
+    if cfg.model != "mlp":
+        return {**none, "theory": "no theory: mean-field predictions here cover the mlp only"}
+    if cfg.depth < 2:
+        return {**none, "theory": "no theory: depth 1 has no per-layer factor"}
+    try:
+        stem_wv, wv, bv = config_variances(cfg, fan_in)
+    except ValueError as e:
+        return {**none, "theory": f"no theory: {e}"}
+    alpha = cfg.residual_scale if cfg.residual else None
+    if cfg.norm == "batchnorm":
+        if alpha is not None:
+            return {**none, "theory": "no theory: batchnorm with residual connections"}
+        if cfg.batch_size < 5:
+            return {**none, "theory": "no theory: batchnorm theory needs batch_size >= 5"}
+        lam = batchnorm_chi(cfg.activation, cfg.batch_size)
+        profile = lam ** np.arange(cfg.depth - 1, -1, -1, dtype=np.float64)
+        kind = "batchnorm mean field (Yang et al. 2019)"
+    elif cfg.norm in ("none", "layernorm", "rmsnorm"):
+        profile = signal_profile(cfg.activation, cfg.norm, wv, bv, cfg.depth, q_in, stem_wv, alpha)
+        kind = "mean field (Poole et al. 2016, Schoenholz et al. 2017)"
+        if cfg.norm != "none":
+            kind = f"mean field, {cfg.norm} as a per-example rescaling (wide limit)"
+        if alpha is not None:
+            kind += f", residual alpha={alpha:g}"
+    else:
+        return {**none, "theory": f"no theory for norm '{cfg.norm}'"}
+    from decay import metrics
+
+    chi = _fit(profile)
+    return {
+        "chi_theory": metrics.clean(chi),
+        "signal_profile_theory": [metrics.clean(v) for v in np.sqrt(profile)],
+        "theory": kind,
+    }
+
+
+def input_q(x_train: np.ndarray, limit: int = 256) -> tuple[np.ndarray, int]:
+    """Per-example mean squared input (first `limit` examples) and the flattened input size."""
+    x = np.asarray(x_train[:limit], np.float64).reshape(min(limit, x_train.shape[0]), -1)
+    return np.mean(x**2, axis=1), x.shape[1]
