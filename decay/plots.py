@@ -301,6 +301,79 @@ def training_curves(rows: Sequence[Row]) -> Any:
     return fig
 
 
+def _edges(centers: Sequence[float], log: bool = False) -> np.ndarray:
+    """Cell edges around sorted centers (midpoints; geometric midpoints with log=True)."""
+    c = np.log(np.asarray(centers, np.float64)) if log else np.asarray(centers, np.float64)
+    if c.size == 1:
+        e = np.array([c[0] - 0.5, c[0] + 0.5])
+    else:
+        mid = (c[1:] + c[:-1]) / 2
+        e = np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+    return np.exp(e) if log else e
+
+
+def phase_diagram(doc: dict[str, Any]) -> Any:
+    """Order-to-chaos phase diagram (left) and measured trainability against 6 xi_c (right); returns the figure."""
+    fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(14, 5.8), layout="constrained")
+    th = doc["theory"]
+    w, b = np.asarray(th["weight_vars"]), np.asarray(th["bias_vars"])
+    chi = np.asarray(th["chi_1"], np.float64)
+    lg = np.log10(chi)
+    lim = float(np.nanmax(np.abs(lg[np.isfinite(lg)]))) if np.isfinite(lg).any() else 1.0
+    mesh = ax_t.pcolormesh(w, b, lg, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto")
+    ax_t.contour(w, b, chi, levels=[1.0], colors="black", linewidths=2)
+    ax_t.axhline(doc["bias_var"], color="gray", ls="--", lw=1)
+    ax_t.text(w[0] + 0.05 * (w[-1] - w[0]), b[-1] * 0.92, "ordered\n(chi_1 < 1: vanishing)", fontsize=10, va="top")
+    x_right, y_low = w[-1] - 0.05 * (w[-1] - w[0]), b[0] + 0.08 * (b[-1] - b[0])
+    ax_t.text(x_right, y_low, "chaotic\n(chi_1 > 1: exploding)", ha="right", fontsize=10)
+    ax_t.set_xlabel("sigma_w^2 (weight_var)")
+    ax_t.set_ylabel("sigma_b^2 (bias_var)")
+    ax_t.set_title(
+        f"{doc['activation']}: log10 chi_1 at the fixed point q*; black line chi_1 = 1 (critical)\n"
+        f"dashed: bias_var {doc['bias_var']:g} of the trained nets (right)"
+    )
+    fig.colorbar(mesh, ax=ax_t, label="log10 chi_1")
+
+    acc = doc["accuracy"]
+    aw, ad = acc["weight_vars"], acc["depths"]
+    grid = np.array([[np.nan if v is None else v for v in row] for row in acc["test_accuracy"]], np.float64)
+    image = ax_a.pcolormesh(_edges(aw), _edges(ad, log=True), grid, cmap="viridis", vmin=0.0, vmax=1.0)
+    for i, d in enumerate(ad):
+        for j, wv in enumerate(aw):
+            v = grid[i, j]
+            ax_a.text(
+                wv,
+                d,
+                "div" if np.isnan(v) else f"{100 * v:.0f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if np.isnan(v) or v < 0.6 else "black",
+            )
+    line = doc["xi_c"]
+    lw = np.asarray(line["weight_vars"])
+    xi = np.array([np.inf if v is None else v for v in line["xi_c"]], np.float64)
+    ymax = _edges(ad, log=True)[-1]
+    mult = doc["trainable_xi_multiple"]
+    ax_a.plot(lw, np.minimum(mult * xi, ymax * 10), color="red", lw=2, label=f"{mult:g} xi_c (predicted trainable depth)")
+    ax_a.plot(lw, np.minimum(xi, ymax * 10), color="red", lw=1, ls="--", label="xi_c")
+    if doc.get("critical_weight_var"):
+        ax_a.axvline(doc["critical_weight_var"], color="white", ls=":", lw=1.5, label="critical sigma_w^2 (chi_1 = 1)")
+    ax_a.set_yscale("log", base=2)
+    ax_a.set_yticks(ad, [str(d) for d in ad])
+    ax_a.minorticks_off()
+    ax_a.set_ylim(_edges(ad, log=True)[0], ymax)
+    ax_a.set_xlabel("sigma_w^2 (weight_var)")
+    ax_a.set_ylabel("depth (hidden layers)")
+    ax_a.set_title(
+        f"Measured: test accuracy (%) after training, median over seeds, sigma_b^2 = {doc['bias_var']:g}\n"
+        f"(chance {100 * doc['chance']:.0f}%); red: theory"
+    )
+    ax_a.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    fig.colorbar(image, ax=ax_a, label="test accuracy")
+    return fig
+
+
 def save(fig: Any, path: str) -> str:
     """Writes `fig` as PNG and closes it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

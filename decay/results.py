@@ -30,6 +30,15 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def read_json(path: str) -> Any:
+    """One JSON document; one-line ConfigError when it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg})") from None
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; [] when it does not exist; one-line error on a bad line."""
     if not os.path.exists(path):

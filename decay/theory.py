@@ -212,6 +212,7 @@ def chi1(activation: str, weight_var: float, q) -> np.ndarray:
     _, d1, _ = _fns(activation)
     q = np.asarray(q, np.float64)
     q = np.where(np.isinf(q), 1e12, q)  # the q -> infinity limit (positive-homogeneous tails)
+    q = np.where(q == 0, 1e-200, q)  # the q -> 0 limit (ReLU: weight_var / 2, not phi'(0) = 0)
     return np.asarray(weight_var * _mean(lambda u: d1(u) ** 2, q))
 
 
@@ -297,7 +298,7 @@ def fixed_point(activation: str, weight_var: float, bias_var: float = 0.0, q_in:
     c1 = float(chi1(activation, weight_var, q))
     c_star = c_fixed_point(activation, weight_var, bias_var, q)
     if q < UNBOUNDED:
-        slope_q = c1 + weight_var * float(_mean(lambda u: d2(u) * phi(u), q))
+        slope_q = c1 + weight_var * float(_mean(lambda u: d2(u) * phi(u), max(q, 1e-200)))
         xi_q = _neg_inv_log(slope_q)
         cc = c1 if c_star >= 1.0 else chi_c(activation, weight_var, q, c_star)  # ordered: c* = 1, chi_c = chi_1
     else:
@@ -366,17 +367,20 @@ def _sphere_rules(batch_size: int):
     """
     b = batch_size
     n = b - 1
-    u, wu = _legendre(2 * _NODES, jnp.array([-1.0, 0.0]), jnp.array([0.0, 1.0]))
-    u, wu = u.ravel(), wu.ravel()
-    wu = wu * (1 - u**2) ** ((n - 3) / 2)
+    # u = sin(t) and r = sin(t) turn the densities' (1 - u^2)^k end points into smooth cosines.
+    t, wt = _legendre(2 * _NODES, jnp.array([-math.pi / 2, 0.0]), jnp.array([0.0, math.pi / 2]))
+    t, wt = t.ravel(), wt.ravel()
+    u = jnp.sin(t)
+    wu = wt * jnp.cos(t) ** (n - 2)
     z1 = jnp.sqrt(b - 1.0) * u
     w1 = wu / jnp.sum(wu)
     # Two coordinates in polar form; the angle integral is split where z1 or z2 changes sign.
     a11 = math.sqrt(1 - 1 / b)
     a21 = (-1 / b) / a11
     a22 = math.sqrt(1 - 1 / b - a21**2)
-    r, wr = _legendre(2 * _NODES, 0.0, 1.0)
-    wr = wr * r * (1 - r**2) ** ((n - 4) / 2)
+    t, wt = _legendre(2 * _NODES, 0.0, math.pi / 2)
+    r = jnp.sin(t)
+    wr = wt * r * jnp.cos(t) ** (n - 3)
     kinks = np.sort(np.mod([math.pi / 2, 3 * math.pi / 2, math.atan2(-a21, a22), math.atan2(a21, -a22)], 2 * math.pi))
     edges = np.concatenate([kinks, [kinks[0] + 2 * math.pi]])
     th, wth = _legendre(_NODES, jnp.asarray(edges[:-1]), jnp.asarray(edges[1:]))
@@ -473,6 +477,44 @@ def layernorm_chi(activation: str, weight_var: float, bias_var: float) -> float:
 
 
 @_x64
+def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale):
+    """log a_l and log pass_l, each [depth, examples]; see `signal_profile` for the recursion."""
+    if norm not in ("none", "layernorm", "rmsnorm"):
+        raise ValueError(f"no layer-wise profile for norm '{norm}'")
+    phi, d1, _ = _fns(activation)
+    normalized = norm != "none"
+    stem_wv = weight_var if stem_weight_var is None else stem_weight_var
+    q_in = jnp.atleast_1d(jnp.asarray(q_in, jnp.float64))
+    alpha = residual_scale
+
+    def moments(q):
+        scale = jnp.ones_like(q) if normalized else q
+        return (
+            _mean(phi, scale),
+            _mean(lambda u: phi(u) ** 2, scale),
+            _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
+        )
+
+    q = stem_wv * q_in + bias_var
+    m, big_q, dd = moments(q)
+    log_a = [jnp.log(dd)]
+    log_pass = [jnp.log(weight_var * dd)]  # the stem's: unused (nothing below it is measured)
+    for _ in range(1, depth):
+        q = weight_var * big_q + bias_var
+        ey, ey2, dd = moments(q)
+        if alpha is None:
+            m, big_q, a = ey, ey2, dd
+            log_pass.append(jnp.log(weight_var * a))
+        else:
+            big_q = big_q + 2 * alpha * m * ey + alpha**2 * ey2
+            m = m + alpha * ey
+            a = alpha**2 * dd
+            log_pass.append(jnp.log1p(weight_var * a))
+        log_a.append(jnp.log(a))
+    return jnp.stack(log_a), jnp.stack(log_pass)
+
+
+@_x64
 def signal_profile(
     activation: str,
     norm: str,
@@ -491,55 +533,29 @@ def signal_profile(
         plain: Q_l = E[y_l^2];  residual (l >= 1): x_l = x_{l-1} + alpha y_l, so
         Q_l = Q_{l-1} + 2 alpha m_{l-1} E[y_l] + alpha^2 E[y_l^2],  m_l = m_{l-1} + alpha E[y_l].
     Backward, with a_l = (alpha^2 for residual blocks) nu_l E[phi'(n(h_l))^2], nu_l = 1 or 1/q_l:
-        ||dL/dh_l||^2 = a_l ||dL/dx_l||^2,  ||dL/dx_{l-1}||^2 = (r + weight_var a_l) ||dL/dx_l||^2,
-        r = 1 for residual blocks (the skip), 0 otherwise.
+        ||dL/dh_l||^2 = a_l ||dL/dx_l||^2,  ||dL/dx_{l-1}||^2 = pass_l ||dL/dx_l||^2,
+        pass_l = r + weight_var a_l, r = 1 for residual blocks (the skip), 0 otherwise.
     So a plain unnormalized net has the per-layer factor weight_var E[phi'(h_l)^2] = chi_1(q_l),
     and a residual block multiplies the squared carried gradient by 1 + alpha^2 weight_var nu E[phi'^2].
     `q_in` may be an array of per-example mean squared inputs; the profile is their average.
     """
-    if norm not in ("none", "layernorm", "rmsnorm"):
-        raise ValueError(f"no layer-wise profile for norm '{norm}'")
-    phi, d1, _ = _fns(activation)
-    normalized = norm != "none"
-    stem_wv = weight_var if stem_weight_var is None else stem_weight_var
-    q_in = jnp.atleast_1d(jnp.asarray(q_in, jnp.float64))
-    alpha = residual_scale
-
-    def moments(q):
-        scale = jnp.ones_like(q) if normalized else q
-        return (
-            _mean(phi, scale),
-            _mean(lambda u: phi(u) ** 2, scale),
-            _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
-        )
-
-    log_a, log_pass = [], []
-    q = stem_wv * q_in + bias_var
-    m, big_q, dd = moments(q)
-    log_a.append(jnp.log(dd))
-    log_pass.append(jnp.log(weight_var * dd))  # unused for layer 0
-    for _ in range(1, depth):
-        q = weight_var * big_q + bias_var
-        ey, ey2, dd = moments(q)
-        if alpha is None:
-            m, big_q = ey, ey2
-            a = dd
-            log_pass.append(jnp.log(weight_var * a))
-        else:
-            big_q = big_q + 2 * alpha * m * ey + alpha**2 * ey2
-            m = m + alpha * ey
-            a = alpha**2 * dd
-            log_pass.append(jnp.log1p(weight_var * a))
-        log_a.append(jnp.log(a))
-    log_a = jnp.stack(log_a)  # [depth, examples]
-    log_pass = jnp.stack(log_pass)
-    # log ||dL/dx_l||^2 relative to the last layer: sum of log_pass over layers above l.
+    log_a, log_pass = _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale)
+    # log ||dL/dx_l||^2 relative to the last layer: the sum of log pass_k over the layers k above l.
     above = jnp.concatenate([jnp.cumsum(log_pass[::-1][:-1], axis=0)[::-1], jnp.zeros_like(log_pass[:1])])
     log_s = log_a + above
     log_s = log_s - log_s[-1]
     # Average over examples in log space (the last layer is 1 for every example).
     avg = jax.scipy.special.logsumexp(log_s, axis=1) - math.log(log_s.shape[1])
     return np.asarray(jnp.exp(avg))
+
+
+@_x64
+def residual_block_factors(
+    activation: str, norm: str, weight_var: float, bias_var: float, depth: int, q_in: float, residual_scale: float
+) -> np.ndarray:
+    """Per-block factor of the squared carried gradient, 1 + alpha^2 weight_var nu_l E[phi'(n(h_l))^2], blocks 1..depth-1."""
+    _, log_pass = _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, None, residual_scale)
+    return np.asarray(jnp.exp(log_pass[1:, 0]))
 
 
 def _fit(profile: np.ndarray) -> float | None:
@@ -595,3 +611,54 @@ def input_q(x_train: np.ndarray, limit: int = 256) -> tuple[np.ndarray, int]:
     """Per-example mean squared input (first `limit` examples) and the flattened input size."""
     x = np.asarray(x_train[:limit], np.float64).reshape(min(limit, x_train.shape[0]), -1)
     return np.mean(x**2, axis=1), x.shape[1]
+
+
+def expectations(
+    activation: str,
+    norm: str = "none",
+    weight_var: float = 1.0,
+    bias_var: float = 0.0,
+    batch_size: int = 128,
+    residual_scale: float | None = None,
+    depth: int = 32,
+    q_in: float = 1.0,
+) -> dict[str, Any]:
+    """What theory expects of a net before it is trained: the fixed point of the plain net with
+    these variances, and for this configuration the per-layer factor chi, the gain over `depth`
+    layers and the verdict it implies. Infinite values are float('inf'); undefined ones NaN."""
+    from decay import metrics
+
+    fp = fixed_point(activation, weight_var, bias_var, q_in)
+    out: dict[str, Any] = {
+        "activation": activation,
+        "norm": norm,
+        "weight_var": weight_var,
+        "bias_var": bias_var,
+        "batch_size": batch_size,
+        "residual_scale": residual_scale,
+        "depth": depth,
+        "q_in": q_in,
+    }
+    out.update({f"plain_{k}": v for k, v in dataclasses.asdict(fp).items() if k not in ("activation", "weight_var", "bias_var")})
+    if norm == "batchnorm":
+        if residual_scale is not None:
+            raise ValueError("no theory for batchnorm with residual connections")
+        chi = batchnorm_chi(activation, batch_size)
+        profile = chi ** np.arange(depth - 1, -1, -1, dtype=np.float64)
+        out["theory"] = "batchnorm mean field (Yang et al. 2019); weight_var and bias_var drop out"
+    else:
+        # Every layer, the stem too, reads inputs of mean square q_in with this weight_var.
+        profile = signal_profile(activation, norm, weight_var, bias_var, depth, q_in, weight_var, residual_scale)
+        chi = _fit(profile) if depth >= 2 else math.nan
+        out["theory"] = "mean field (Poole et al. 2016, Schoenholz et al. 2017)" + (
+            f", {norm} as a per-example rescaling (wide limit)" if norm != "none" else ""
+        )
+        if residual_scale is not None and depth >= 2:
+            blocks = residual_block_factors(activation, norm, weight_var, bias_var, depth, q_in, residual_scale)
+            out["residual_block_factor_first"] = float(blocks[0])
+            out["residual_block_factor_last"] = float(blocks[-1])
+    chi = math.nan if chi is None else float(chi)
+    out["chi"] = chi
+    out["gain_first_over_last"] = float(np.sqrt(profile[0]))
+    out["verdict"] = metrics.verdict(chi if math.isfinite(chi) else None, depth)
+    return out

@@ -197,7 +197,8 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 def program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
     """Compiled functions for `cfg`, reused across seeds (a small LRU cache keyed by the config)."""
-    key = (dataclasses.replace(cfg, seed=0), hidden)
+    # The init (seed, init, weight_var, bias_var) changes parameter values only, never the compiled program.
+    key = (dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None), hidden)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, graphdef, hidden)
         while len(_PROGRAMS) > 8:
