@@ -374,6 +374,58 @@ def phase_diagram(doc: dict[str, Any]) -> Any:
     return fig
 
 
+def claim_figure(title: str, spec: dict[str, Any]) -> Any:
+    """The figure of one seed claim, by `spec["kind"]`; returns the figure.
+
+    layers: log10 per-layer series against layer; bars: grouped bars (group -> {label: value});
+    curves: value against a categorical x per label; losses: log10 training loss per run.
+    """
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    kind = spec["kind"]
+    if kind == "layers":
+        for i, (label, values) in enumerate(spec["series"].items()):
+            lg, masks = safe_log10(as_float_array(values))
+            x = np.arange(len(lg))
+            style = "--" if "||W" in label else "-"  # weights dashed beside gradients
+            ax.plot(x, lg, style, marker="o", ms=2.5, color=ACT_COLORS(i % 10), label=label)
+            mark_special(ax, x, masks, ACT_COLORS(i % 10))
+        ax.set_xlabel("layer l  (0 = input side)")
+        ax.set_ylabel(spec["ylabel"])
+    elif kind == "bars":
+        groups = spec["groups"]
+        labels = list(dict.fromkeys(k for g in groups.values() for k in g))
+        width = 0.8 / max(len(groups), 1)
+        for i, (group, values) in enumerate(groups.items()):
+            x = np.arange(len(labels)) + (i - (len(groups) - 1) / 2) * width
+            ax.bar(x, [values.get(k, np.nan) for k in labels], width, label=group, color=ACT_COLORS(i % 10))
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=15, ha="right", fontsize=8)
+        ax.axhline(spec["chance"], color="gray", ls="--", lw=0.8, label="chance")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(spec["ylabel"])
+    elif kind == "curves":
+        for i, (label, points) in enumerate(spec["curves"].items()):
+            xs = [int(k) for k in points]
+            ax.plot(xs, list(points.values()), marker="o", color=ACT_COLORS(i % 10), label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(spec.get("xlabel", ""))
+        ax.set_ylabel(spec["ylabel"])
+        ax.set_ylim(0, 1.02)
+    elif kind == "losses":
+        for i, (label, runs) in enumerate(spec["runs"].items()):
+            for j, hist in enumerate(runs):
+                steps = np.array([h[0] for h in hist], np.float64)
+                lg, _ = safe_log10([h[1] for h in hist])
+                ax.plot(steps, lg, color=ACT_COLORS(i % 10), lw=1, alpha=0.8, label=label if j == 0 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel("log10 training loss (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def save(fig: Any, path: str) -> str:
     """Writes `fig` as PNG and closes it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
