@@ -150,4 +150,4 @@ def validate_sweep(cfg: SweepConfig) -> None:
 
 def dumps(data: dict[str, Any]) -> str:
     """Stable, readable JSON for config files."""
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"

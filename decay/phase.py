@@ -71,7 +71,8 @@ def theory_grid(activation: str, weight_vars: np.ndarray, bias_vars: np.ndarray)
     w, b = np.meshgrid(weight_vars, bias_vars)
     q = theory.q_fixed_points(activation, w, b)
     chi = theory.chi1(activation, w, q)
-    return {"weight_vars": weight_vars.tolist(), "bias_vars": bias_vars.tolist(), "chi_1": chi.tolist(), "q_star": q.tolist()}
+    strict = lambda a: [[metrics.clean(v) for v in row] for row in a]  # noqa: E731  (inf q*: null, strict JSON)
+    return {"weight_vars": weight_vars.tolist(), "bias_vars": bias_vars.tolist(), "chi_1": strict(chi), "q_star": strict(q)}
 
 
 def xi_c_line(activation: str, weight_vars: np.ndarray, bias_var: float) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def xi_c_line(activation: str, weight_vars: np.ndarray, bias_var: float) -> dict
     fps = [theory.fixed_point(activation, float(w), bias_var) for w in weight_vars]
     return {
         "weight_vars": weight_vars.tolist(),
-        "xi_c": [metrics.clean(f.xi_c) for f in fps],  # None at the critical point (infinite)
+        "xi_c": [metrics.clean(f.xi_c) for f in fps],  # None where infinite (critical) or undefined
         "chi_1": [f.chi_1 for f in fps],
         "phase": [f.phase for f in fps],
     }

@@ -317,7 +317,7 @@ def phase_diagram(doc: dict[str, Any]) -> Any:
     fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(14, 5.8), layout="constrained")
     th = doc["theory"]
     w, b = np.asarray(th["weight_vars"]), np.asarray(th["bias_vars"])
-    chi = np.asarray(th["chi_1"], np.float64)
+    chi = np.array([[np.nan if v is None else v for v in row] for row in th["chi_1"]], np.float64)
     lg = np.log10(chi)
     lim = float(np.nanmax(np.abs(lg[np.isfinite(lg)]))) if np.isfinite(lg).any() else 1.0
     mesh = ax_t.pcolormesh(w, b, lg, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto")

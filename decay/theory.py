@@ -178,8 +178,8 @@ def _q_solver(activation: str):
             return jnp.where(moving(state), vmap_(q), q), q, i + 1
 
         q0 = jnp.asarray(q_in, jnp.float64) * jnp.ones(jnp.broadcast_shapes(jnp.shape(weight_var), jnp.shape(q_in)))
-        q, prev, _ = jax.lax.while_loop(cond, body, (vmap_(q0), q0, 1))
-        return q, prev
+        state = jax.lax.while_loop(cond, body, (vmap_(q0), q0, 1))
+        return state[0], state[1], moving(state)
 
     return solve
 
@@ -188,16 +188,17 @@ def _q_solver(activation: str):
 def q_fixed_points(activation: str, weight_var, bias_var, q_in=1.0) -> np.ndarray:
     """q* that the variance map reaches from q_in, elementwise over arrays of weight_var, bias_var, q_in.
 
-    0 when signals die out (only without bias), `UNBOUNDED` when they grow without limit. Every
-    q is a fixed point when the map is the identity (ReLU with weight_var 2, linear with
-    weight_var 1, both without bias); then q* = q_in.
+    The map is iterated until it settles (100,000 steps at most). 0 when signals die out (only
+    without bias); `UNBOUNDED` when they grow without limit, also algebraically (e.g. ReLU at
+    weight_var 2 with a bias: q grows by bias_var per layer). Every q is a fixed point when the
+    map is the identity (ReLU with weight_var 2, linear with weight_var 1, both without bias);
+    then q* = q_in.
     """
     wv = jnp.asarray(weight_var, jnp.float64)
-    bv = jnp.asarray(bias_var, jnp.float64) * jnp.ones_like(wv)
-    q, prev = _q_solver(activation)(wv, bv, jnp.asarray(q_in, jnp.float64))
-    q, prev = np.asarray(q), np.asarray(prev)
-    unbounded = ~np.isfinite(q) | (q >= 1e30) | ((q > prev * (1 + 1e-9)) & (q > 1e6 * np.maximum(q_in, 1.0)))
-    dying = (np.asarray(bv) == 0) & (q <= prev) & (q < 1e-3 * np.minimum(q_in, 1.0))
+    bv = np.asarray(jnp.asarray(bias_var, jnp.float64) * jnp.ones_like(wv))
+    q, prev, moving = (np.asarray(a) for a in _q_solver(activation)(wv, jnp.asarray(bv), jnp.asarray(q_in, jnp.float64)))
+    unbounded = ~np.isfinite(q) | (q >= 1e30) | (moving & (q > prev))
+    dying = (bv == 0) & ((q <= 1e-12) | (moving & (q < prev)))
     return np.where(unbounded, UNBOUNDED, np.where(dying, 0.0, q))
 
 
@@ -231,42 +232,51 @@ def chi_c(activation: str, weight_var: float, q: float, c: float) -> float:
 
 
 @functools.cache
-def _c_solver(activation: str):
-    """Jitted iteration of the correlation map from c = 0 until it settles."""
+def _c_gap(activation: str):
+    """Jitted f(c) = C(c) - c, the correlation map's distance from the identity at q*."""
     phi, _, _ = _fns(activation)
 
     @jax.jit
-    def solve(weight_var, bias_var, q_star):
-        def cmap(c):
-            return jnp.minimum((weight_var * _mean2(phi, phi, q_star, c) + bias_var) / q_star, 1.0)
+    def gap(weight_var, bias_var, q_star, c):
+        return (weight_var * _mean2(phi, phi, q_star, c) + bias_var) / q_star - c
 
-        def cond(state):
-            c, prev, i = state
-            return (i < 100_000) & (jnp.abs(c - prev) > 1e-13)
-
-        def body(state):
-            c, _, i = state
-            return cmap(c), c, i + 1
-
-        c0 = jnp.zeros((), jnp.float64)
-        return jax.lax.while_loop(cond, body, (cmap(c0), c0, 1))[0]
-
-    return solve
+    return gap
 
 
 @_x64
 def c_fixed_point(activation: str, weight_var: float, bias_var: float, q_star: float) -> float:
-    """c*: 1 in the ordered phase (chi_1 <= 1) and where q* is 0 or unbounded, else the stable fixed point below 1."""
+    """c*: 1 in the ordered phase (chi_1 <= 1) and where q* is 0 or unbounded, else the stable fixed point below 1.
+
+    In the chaotic phase C(c) - c is >= 0 at c = 0 (bias_var >= 0) and < 0 just below c = 1
+    (slope chi_1 > 1 there): c* is where it first turns negative, found by bisection, which stays
+    exact near criticality where iterating the map would take millions of steps.
+    """
     if not (0 < q_star < UNBOUNDED):
         return 1.0
     if float(chi1(activation, weight_var, q_star)) <= 1.0:
         return 1.0
-    return float(_c_solver(activation)(jnp.float64(weight_var), jnp.float64(bias_var), jnp.float64(q_star)))
+    gap = _c_gap(activation)
+    f = lambda c: float(gap(jnp.float64(weight_var), jnp.float64(bias_var), jnp.float64(q_star), jnp.float64(c)))  # noqa: E731
+    grid = np.concatenate([np.linspace(0.0, 0.9, 10), 1.0 - np.logspace(-1.5, -12, 22)])
+    values = [f(c) for c in grid]
+    if values[0] <= 0:
+        return 0.0  # odd activation without bias: c* = 0
+    i = next((k for k, v in enumerate(values) if v <= 0), None)
+    if i is None:
+        return 1.0
+    lo, hi = grid[i - 1], grid[i]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if f(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 @dataclasses.dataclass(frozen=True)
 class FixedPoint:
-    """Mean-field predictions of a plain (unnormalized, non-residual) net; inf/None where undefined."""
+    """Mean-field predictions of a plain (unnormalized, non-residual) net; inf where infinite, NaN where undefined."""
 
     activation: str
     weight_var: float
@@ -305,6 +315,11 @@ def fixed_point(activation: str, weight_var: float, bias_var: float = 0.0, q_in:
         xi_q = math.inf
         cc = c1
     xi_c = _neg_inv_log(cc)
+    if q == 0.0 or xi_c < 0:
+        # Signals die out: the correlation map at q* = 0 is degenerate, so no correlation depth scale.
+        xi_c = math.nan
+    if xi_q < 0:
+        xi_q = math.nan
     phase = "critical" if abs(c1 - 1.0) < 1e-9 else ("ordered" if c1 < 1.0 else "chaotic")
     if q == UNBOUNDED:
         # Signals grow without limit: no order-to-chaos fixed point, no correlation depth scale.

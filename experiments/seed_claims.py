@@ -24,6 +24,7 @@ _DATASET = flags.DEFINE_string("dataset", "digits", "digits (embedded), syntheti
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the local files of --dataset=mnist|cifar10.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per configuration; default 3 (2 with --quick).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps; default 300 (150 with --quick).")
+_CLAIMS = flags.DEFINE_list("claims", None, "Only these claims, e.g. C1,C8; default all.")
 _DEEP = flags.DEFINE_integer("deep", None, "Depth at which configurations are compared; default 32 (16 with --quick).")
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
         print(f"run {count[0]}: {label}: {what} ({row['wall_time_s']:.1f}s)", flush=True)
 
     try:
-        report = claims.run(cfg, workdir, on_run)
+        report = claims.run(cfg, workdir, on_run, _CLAIMS.value)
     except ConfigError as e:
         fail(str(e))
     doc = claims.results.read_json(report[: -len("claims.md")] + "claims.json")

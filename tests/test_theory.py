@@ -18,8 +18,7 @@ from tests.conftest import run_module, tiny_config
 @pytest.mark.parametrize("weight_var", [0.5, 1.3, 2.0, 3.7])
 @pytest.mark.parametrize("q", [0.01, 1.0, 40.0])
 def test_relu_chi1_is_half_weight_var_at_any_q(weight_var, q):
-    assert float(theory.chi1("relu", weight_var, q)) == pytest.approx(theory.relu_chi1(weight_var), rel=1e-12)
-    assert theory.relu_chi1(weight_var) == weight_var / 2
+    assert float(theory.chi1("relu", weight_var, q)) == pytest.approx(weight_var / 2, rel=1e-12)
 
 
 @pytest.mark.parametrize("weight_var,bias_var", [(1.0, 0.1), (1.5, 0.3), (1.9, 0.01)])
@@ -38,6 +37,16 @@ def test_relu_variance_map_is_neutral_at_he_and_unbounded_above():
     assert theory.q_fixed_point("relu", 2.0, 0.0, q_in=3.5) == pytest.approx(3.5, rel=1e-12)
     assert theory.q_fixed_point("relu", 2.5, 0.0) == theory.UNBOUNDED
     assert theory.fixed_point("relu", 2.5, 0.0).phase == "unbounded"
+
+
+def test_algebraic_growth_is_unbounded_and_slow_convergence_is_not_death():
+    # ReLU at the He point with a bias, and linear at weight_var 1 with a bias: q grows by bias_var per layer.
+    assert theory.q_fixed_point("relu", 2.0, 0.05) == theory.UNBOUNDED
+    assert theory.q_fixed_point("linear", 1.0, 0.05) == theory.UNBOUNDED
+    # tanh just past criticality without bias: a small but positive q* (~ 5e-4), reached slowly.
+    q = theory.q_fixed_point("tanh", 1.001, 0.0)
+    assert 1e-4 < q < 1e-3 and float(theory.variance_map("tanh", 1.001, 0.0, q)) == pytest.approx(q, rel=1e-8)
+    assert theory.fixed_point("tanh", 0.5, 0.0).trainable_depth != theory.fixed_point("tanh", 0.5, 0.0).trainable_depth  # NaN
 
 
 def test_linear_net_chi_is_weight_var_and_q_star_closed_form():
@@ -83,7 +92,6 @@ def test_chaotic_correlation_fixed_point_is_a_fixed_point():
 def test_batchnorm_linear_factor_is_b_minus_2_over_b_minus_3(batch_size):
     expected = (batch_size - 2) / (batch_size - 3)
     assert theory.batchnorm_chi("linear", batch_size) == pytest.approx(expected, rel=1e-9)
-    assert theory.batchnorm_chi_linear(batch_size) == expected
 
 
 @pytest.mark.parametrize("batch_size", [6, 16, 128, 1024])
@@ -144,6 +152,15 @@ def test_wide_tanh_net_measured_chi_matches_theory(weight_var, bias_var):
     assert fp.phase == ("ordered" if weight_var < 1.76 else "chaotic")
     measured, predicted = _measured_and_theory(activation="tanh", weight_var=weight_var, bias_var=bias_var)
     assert predicted == pytest.approx(fp.chi_1, rel=0.01)  # the profile has settled at q* in the middle layers
+    assert measured == pytest.approx(predicted, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(residual=True, residual_scale=0.7, weight_var=1.0), dict(norm="layernorm", weight_var=1.5, bias_var=0.1)],
+)
+def test_wide_tanh_residual_and_layernorm_nets_match_their_profiles(overrides):
+    measured, predicted = _measured_and_theory(activation="tanh", **overrides)
     assert measured == pytest.approx(predicted, rel=0.03)
 
 
