@@ -436,7 +436,13 @@ def c4_restructuring(runs: Runs) -> Claim:
         _table(["activation", "net", "chi", "test acc"], lines),
         verdict,
         "; ".join(parts),
-        figure_series={"kind": "curves", "ylabel": "test accuracy of plain nets", "xlabel": "depth", "curves": curves},
+        figure_series={
+            "kind": "curves",
+            "ylabel": "test accuracy (lines: plain nets; stars: residual)",
+            "xlabel": "depth",
+            "curves": curves,
+            "points": {a: (cfg.deep, curves[a][str(cfg.deep)] + skip_helps[a], f"residual alpha={alpha:.3g}") for a in acts},
+        },
     )
 
 

@@ -406,6 +406,19 @@ def claim_figure(title: str, spec: dict[str, Any]) -> Any:
         for i, (label, points) in enumerate(spec["curves"].items()):
             xs = [int(k) for k in points]
             ax.plot(xs, list(points.values()), marker="o", color=ACT_COLORS(i % 10), label=label)
+            extra = spec.get("points", {}).get(label)  # e.g. the residual net at one depth
+            if extra:
+                d, value, name = extra
+                ax.scatter(
+                    [d],
+                    [value],
+                    marker="*",
+                    s=160,
+                    color=ACT_COLORS(i % 10),
+                    edgecolor="black",
+                    zorder=5,
+                    label=f"{label}, {name}",
+                )
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()

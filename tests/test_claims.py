@@ -165,7 +165,13 @@ def test_claim_figures_of_every_kind(tmp_path):
     specs = [
         {"kind": "layers", "ylabel": "y", "series": {"a: ||W_l||": [1.0, 0.0, None], "a: grad": [1e-3, 1e-2, 1e-1]}},
         {"kind": "bars", "ylabel": "acc", "groups": {"SGD": {"x": 0.1}, "Adam": {"x": 0.9}}, "chance": 0.1},
-        {"kind": "curves", "ylabel": "acc", "xlabel": "depth", "curves": {"tanh": {"2": 0.9, "8": 0.5}}},
+        {
+            "kind": "curves",
+            "ylabel": "acc",
+            "xlabel": "depth",
+            "curves": {"tanh": {"2": 0.9, "8": 0.5}},
+            "points": {"tanh": (8, 0.7, "residual")},
+        },
         {"kind": "losses", "runs": {"none": [[[0, 2.3], [10, 1.0]]]}},
     ]
     for i, spec in enumerate(specs):
