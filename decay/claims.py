@@ -23,7 +23,7 @@ import numpy as np
 
 from decay import data as data_lib
 from decay import metrics, results, train
-from decay.config import ConfigError, RunConfig, SweepConfig, dumps, validate_sweep
+from decay.config import ConfigError, RunConfig, SweepConfig, validate_sweep
 
 Row = dict[str, Any]
 SUPPORTED, REFUTED = "supported", "refuted"
@@ -136,15 +136,6 @@ def median(rows: Sequence[Row], fn: Callable[[Row], Any]) -> float | None:
 def spread(rows: Sequence[Row], fn: Callable[[Row], Any]) -> tuple[float | None, float | None]:
     v = _vals(rows, fn)
     return (float(np.min(v)), float(np.max(v))) if v else (None, None)
-
-
-def _verdict(rows: Sequence[Row]) -> str:
-    """The sweep's verdict over seeds: the rule on the median chi, else the most common row verdict."""
-    chi = median(rows, lambda r: r["chi"])
-    if chi is not None:
-        return metrics.verdict(chi, rows[0]["depth"])
-    verdicts = [r.get("verdict", "n/a") for r in rows]
-    return max(sorted(set(verdicts)), key=verdicts.count)
 
 
 def chi_final(r: Row) -> float | None:
@@ -295,7 +286,7 @@ def c2_exploding(runs: Runs) -> Claim:
         ratio = median(plain, metrics.first_over_last)
         # Exploding: the sweep's verdict (which also reads an overflowed signal as exploding), or a
         # measured gradient ratio first/last > 10.
-        if _verdict(plain) == "exploding" or (ratio is not None and ratio > 10):
+        if metrics.group_verdict(plain) == "exploding" or (ratio is not None and ratio > 10):
             exploding.append(name)
             n_div = sum(bool(r["diverged"]) for r in plain)
             if n_div or acc(plain)[0] < ref_acc - STALL_GAP:
@@ -365,7 +356,7 @@ def c3_normalization(runs: Runs) -> Claim:
                 rescues.append(f"{norm} rescues {act} ({100 * acc(base)[0]:.0f}% -> {100 * acc(rows)[0]:.0f}%)")
             elif base_bad:
                 fails.append(f"{norm} does not rescue {act} (chi {_fmt(chi0, '.2f')}, {100 * acc(rows)[0]:.0f}%)")
-            if _verdict(rows) == "exploding":
+            if metrics.group_verdict(rows) == "exploding":
                 explodes.append(f"{norm} + {act} explodes at init (chi {_fmt(chi0, '.2f')})")
     # Rule: supported when each norm rescues every activation that fails without it and none makes
     # gradients explode at init; refuted when neither rescues anything; otherwise it depends.
@@ -457,7 +448,7 @@ def c5_relu(runs: Runs) -> Claim:
     lines, verdicts, accs = [], {}, {}
     for name, over in cases.items():
         rows = runs.get(depth=cfg.deep, **over)
-        verdicts[name] = _verdict(rows)
+        verdicts[name] = metrics.group_verdict(rows)
         accs[name] = acc(rows)[0]
         lines.append(
             [
@@ -719,15 +710,8 @@ def run(
     unknown = sorted(set(only or ()) - set(ids))
     if unknown or (only is not None and not only):
         raise ConfigError(f"--claims={','.join(only or [])}: allowed ids are {', '.join(ids)}")
-    try:
-        os.makedirs(os.path.join(workdir, "claims"), exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
-    config_path = os.path.join(workdir, "config.json")
-    settings = dataclasses.asdict(cfg)
-    if os.path.exists(config_path) and results.read_json(config_path) != settings:
-        raise ConfigError(f"--workdir={workdir} holds claims run with other flags; use a new --workdir")
-    results.write_atomic(config_path, dumps(settings))
+    results.open_workdir(workdir, dataclasses.asdict(cfg), "claims")
+    os.makedirs(os.path.join(workdir, "claims"), exist_ok=True)
     runs = Runs(cfg, workdir, on_run)
     claims = []
     for fn, claim_id in zip(CLAIMS, ids, strict=True):

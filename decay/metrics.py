@@ -80,6 +80,16 @@ def first_over_last(row: dict[str, Any]) -> float | None:
     return None
 
 
+def group_verdict(rows: Sequence[dict[str, Any]]) -> str:
+    """The verdict of a config over its seeds: the rule applied to the median chi (deterministic, matches
+    the chi shown), or without any chi fit the most common row verdict."""
+    chis = [r["chi"] for r in rows if r["chi"] is not None]
+    if chis:
+        return verdict(float(np.median(chis)), rows[0]["depth"])
+    verdicts = [r["verdict"] for r in rows]
+    return max(sorted(set(verdicts)), key=verdicts.count)
+
+
 def _fmt_sci(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
@@ -100,9 +110,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         chi_med = float(np.median(chis)) if chis else None
         theory = [r["chi_theory"] for r in rs if r.get("chi_theory") is not None]
         chi_theory = float(np.median(theory)) if theory else None
-        verdicts = [r["verdict"] for r in rs]
-        # The row's verdict is the rule applied to the median chi (deterministic, matches the chi shown).
-        row_verdict = verdict(chi_med, depth) if chi_med is not None else max(sorted(set(verdicts)), key=verdicts.count)
         out.append(
             {
                 "model": model,
@@ -116,7 +123,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "chi_theory": chi_theory,
                 "chi_ratio": chi_med / chi_theory if chi_med is not None and chi_theory else None,
                 "first_over_last": float(np.median(ratios)) if ratios else None,
-                "verdict": row_verdict,
+                "verdict": group_verdict(rs),
                 "acc_mean": float(np.mean(accs)) if accs else None,
                 "acc_std": float(np.std(accs)) if accs else None,
                 "diverged": sum(bool(r["diverged"]) for r in rs),

@@ -123,18 +123,8 @@ def run(
     dataset = data_lib.load(b.dataset, b.data_dir, b.data_seed)
     if b.batch_size > dataset.x_train.shape[0]:
         raise ConfigError(f"--batch_size={b.batch_size} exceeds the {dataset.x_train.shape[0]} training examples")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
-    config_path = os.path.join(workdir, "config.json")
     new = json_config(cfg)
-    if os.path.exists(config_path):
-        old = results.read_json(config_path)
-        if old != new:
-            raise ConfigError(f"--workdir={workdir} holds a phase diagram with other flags; use a new --workdir")
-    else:
-        results.write_atomic(config_path, dumps(new))
+    results.open_workdir(workdir, new, "a phase diagram")
     device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
     rows_path = os.path.join(workdir, "runs.jsonl")
     rows = results.read_jsonl(rows_path)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from decay import metrics
 from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, resolve_init
 
@@ -574,9 +575,37 @@ def residual_block_factors(
 
 
 def _fit(profile: np.ndarray) -> float | None:
-    from decay import metrics
-
     return metrics.fit_chi(np.sqrt(profile).tolist())
+
+
+def _profile_for(
+    activation: str,
+    norm: str,
+    weight_var: float,
+    bias_var: float,
+    depth: int,
+    q_in: Any,
+    stem_weight_var: float,
+    residual_scale: float | None,
+    batch_size: int,
+) -> tuple[np.ndarray, str]:
+    """The predicted squared-signal profile of one configuration and which theory gave it.
+
+    Raises ValueError, saying why, where no theory applies.
+    """
+    if norm == "batchnorm":
+        if residual_scale is not None:
+            raise ValueError("batchnorm with residual connections")
+        if batch_size < 5:
+            raise ValueError("batchnorm theory needs batch_size >= 5")
+        lam = batchnorm_chi(activation, batch_size)
+        return lam ** np.arange(depth - 1, -1, -1, dtype=np.float64), "batchnorm mean field (Yang et al. 2019)"
+    if norm not in ("none", "layernorm", "rmsnorm"):
+        raise ValueError(f"norm '{norm}'")
+    profile = signal_profile(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale)
+    if norm == "none":
+        return profile, "mean field (Poole et al. 2016, Schoenholz et al. 2017)"
+    return profile, f"mean field, {norm} as a per-example rescaling (wide limit)"
 
 
 def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
@@ -590,33 +619,16 @@ def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
         return {**none, "theory": "no theory: mean-field predictions here cover the mlp only"}
     if cfg.depth < 2:
         return {**none, "theory": "no theory: depth 1 has no per-layer factor"}
+    alpha = cfg.residual_scale if cfg.residual else None
     try:
         stem_wv, wv, bv = config_variances(cfg, fan_in)
+        profile, kind = _profile_for(cfg.activation, cfg.norm, wv, bv, cfg.depth, q_in, stem_wv, alpha, cfg.batch_size)
     except ValueError as e:
         return {**none, "theory": f"no theory: {e}"}
-    alpha = cfg.residual_scale if cfg.residual else None
-    if cfg.norm == "batchnorm":
-        if alpha is not None:
-            return {**none, "theory": "no theory: batchnorm with residual connections"}
-        if cfg.batch_size < 5:
-            return {**none, "theory": "no theory: batchnorm theory needs batch_size >= 5"}
-        lam = batchnorm_chi(cfg.activation, cfg.batch_size)
-        profile = lam ** np.arange(cfg.depth - 1, -1, -1, dtype=np.float64)
-        kind = "batchnorm mean field (Yang et al. 2019)"
-    elif cfg.norm in ("none", "layernorm", "rmsnorm"):
-        profile = signal_profile(cfg.activation, cfg.norm, wv, bv, cfg.depth, q_in, stem_wv, alpha)
-        kind = "mean field (Poole et al. 2016, Schoenholz et al. 2017)"
-        if cfg.norm != "none":
-            kind = f"mean field, {cfg.norm} as a per-example rescaling (wide limit)"
-        if alpha is not None:
-            kind += f", residual alpha={alpha:g}"
-    else:
-        return {**none, "theory": f"no theory for norm '{cfg.norm}'"}
-    from decay import metrics
-
-    chi = _fit(profile)
+    if alpha is not None:
+        kind += f", residual alpha={alpha:g}"
     return {
-        "chi_theory": metrics.clean(chi),
+        "chi_theory": metrics.clean(_fit(profile)),
         "signal_profile_theory": [metrics.clean(v) for v in np.sqrt(profile)],
         "theory": kind,
     }
@@ -655,19 +667,17 @@ def expectations(
         "q_in": q_in,
     }
     out.update({f"plain_{k}": v for k, v in dataclasses.asdict(fp).items() if k not in ("activation", "weight_var", "bias_var")})
+    if norm == "batchnorm" and residual_scale is not None:
+        raise ValueError("no theory for batchnorm with residual connections")
+    # Every layer, the stem too, reads inputs of mean square q_in with this weight_var.
+    profile, out["theory"] = _profile_for(
+        activation, norm, weight_var, bias_var, depth, q_in, weight_var, residual_scale, batch_size
+    )
     if norm == "batchnorm":
-        if residual_scale is not None:
-            raise ValueError("no theory for batchnorm with residual connections")
         chi = batchnorm_chi(activation, batch_size)
-        profile = chi ** np.arange(depth - 1, -1, -1, dtype=np.float64)
-        out["theory"] = "batchnorm mean field (Yang et al. 2019); weight_var and bias_var drop out"
+        out["theory"] += "; weight_var and bias_var drop out"
     else:
-        # Every layer, the stem too, reads inputs of mean square q_in with this weight_var.
-        profile = signal_profile(activation, norm, weight_var, bias_var, depth, q_in, weight_var, residual_scale)
         chi = _fit(profile) if depth >= 2 else math.nan
-        out["theory"] = "mean field (Poole et al. 2016, Schoenholz et al. 2017)" + (
-            f", {norm} as a per-example rescaling (wide limit)" if norm != "none" else ""
-        )
         if residual_scale is not None and depth >= 2:
             blocks = residual_block_factors(activation, norm, weight_var, bias_var, depth, q_in, residual_scale)
             out["residual_block_factor_first"] = float(blocks[0])
