@@ -180,7 +180,13 @@ def test_claim_figures_of_every_kind(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,needle", [(["--deep=4"], "--deep=4"), (["--seeds=1"], "--seeds=1"), (["--dataset=nope"], "--dataset")]
+    "args,needle",
+    [
+        (["--deep=4"], "--deep=4"),
+        (["--seeds=1"], "--seeds=1"),
+        (["--dataset=nope"], "--dataset"),
+        (["--claims=C9"], "--claims=C9"),
+    ],
 )
 def test_seed_claims_bad_flags_are_one_line(tmp_path, args, needle):
     out = run_module("experiments.seed_claims", *args, f"--workdir={tmp_path}")

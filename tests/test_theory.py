@@ -201,6 +201,12 @@ def test_theory_cli_prints_json_and_table():
         (["--weight_var=-1"], "--weight_var"),
         (["--norm=batchnorm", "--batch_size=4"], "--batch_size=4"),
         (["--norm=groupnorm"], "--norm=groupnorm"),
+        (["--init=xavier"], "--init=xavier"),
+        (["--bias_var=-0.1"], "--bias_var"),
+        (["--depth=1"], "--depth=1"),
+        (["--q_in=0"], "--q_in"),
+        (["--residual_scale=nan"], "--residual_scale"),
+        (["--norm=batchnorm", "--residual_scale=0.5"], "--norm=batchnorm with --residual_scale"),
     ],
 )
 def test_theory_cli_bad_flags_are_one_line(args, needle):
@@ -239,3 +245,5 @@ def test_phase_diagram_bad_flags_are_one_line(tmp_path):
     assert out.returncode == 2 and "--weight_vars" in out.stderr and "Traceback" not in out.stderr
     out = run_module("experiments.phase_diagram", "--depths=1,4", f"--workdir={tmp_path}")
     assert out.returncode == 2 and "--depths" in out.stderr and "Traceback" not in out.stderr
+    out = run_module("experiments.phase_diagram", "--bias_var=-1", "--seeds=0", f"--workdir={tmp_path}")
+    assert out.returncode == 2 and ("--bias_var" in out.stderr or "--seeds" in out.stderr) and "Traceback" not in out.stderr
