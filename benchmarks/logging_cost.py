@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -40,23 +41,13 @@ _HIST = flags.DEFINE_bool("histograms", False, "Also compute and log per-layer g
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    cfg = RunConfig(
-        width=_WIDTH.value,
-        depth=_DEPTH.value,
-        batch_size=_BATCH.value,
-        norm=_NORM.value,
-        activation=_ACT.value,
-        dataset="synthetic",
-        log_every=1,
-        histograms=_HIST.value,
-    )
+def measure(cfg: RunConfig, steps: int, repeats: int) -> dict:
+    """Medians of `repeats` interleaved timings of the bare, stats and logged chunks of `steps` steps (s/step)."""
     data = load(cfg.dataset, None, 0)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
     prog, state = train.init_state(cfg, data)
-    n = _STEPS.value
+    n = steps
     log_dir = tempfile.mkdtemp(prefix="decay-bench-")
     writer = RunWriter(log_dir, cfg.depth)
 
@@ -77,27 +68,43 @@ def main(argv: list[str]) -> None:
     for fn in variants.values():  # compile and warm up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(_REPEATS.value):
+    for _ in range(repeats):
         for name, fn in variants.items():
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) / n)
     writer.close()
+    shutil.rmtree(log_dir, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(
-        f"device: {jax.devices()[0].platform}  width {cfg.width}, depth {cfg.depth}, batch {cfg.batch_size}, "
-        f"{cfg.activation}/{cfg.norm}, histograms {'on' if cfg.histograms else 'off'}; "
-        f"median of {_REPEATS.value} x {n} steps"
-    )
-    print(f"{'variant':<8} {'ms/step':>9} {'vs bare':>8}")
-    for k in variants:
-        print(f"{k:<8} {1e3 * med[k]:9.3f} {med[k] / med['bare']:8.3f}")
-    out = {
+    return {
         "config": dataclasses.asdict(cfg),
         "ms_per_step": {k: 1e3 * v for k, v in med.items()},
         "ratio_vs_bare": {k: med[k] / med["bare"] for k in med},
         "all_ms_per_step": {k: [1e3 * t for t in v] for k, v in times.items()},
     }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    cfg = RunConfig(
+        width=_WIDTH.value,
+        depth=_DEPTH.value,
+        batch_size=_BATCH.value,
+        norm=_NORM.value,
+        activation=_ACT.value,
+        dataset="synthetic",
+        log_every=1,
+        histograms=_HIST.value,
+    )
+    out = measure(cfg, _STEPS.value, _REPEATS.value)
+    print(
+        f"device: {jax.devices()[0].platform}  width {cfg.width}, depth {cfg.depth}, batch {cfg.batch_size}, "
+        f"{cfg.activation}/{cfg.norm}, histograms {'on' if cfg.histograms else 'off'}; "
+        f"median of {_REPEATS.value} x {_STEPS.value} steps"
+    )
+    print(f"{'variant':<8} {'ms/step':>9} {'vs bare':>8}")
+    for k, ms in out["ms_per_step"].items():
+        print(f"{k:<8} {ms:9.3f} {out['ratio_vs_bare'][k]:8.3f}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(out, f, indent=2)

@@ -1,19 +1,30 @@
-"""decay: measure and explain vanishing and exploding gradients in deep networks (JAX/Flax)."""
+"""decay: measure and explain vanishing and exploding gradients in deep networks (JAX/Flax).
 
-from decay import analysis
-from decay.analysis import LoadedRun, load_run
-from decay.config import ConfigError, RunConfig, SweepConfig
-from decay.sweep import run_sweep
-from decay.train import gradients, train_run
+The names below load on first use, so that `import decay.data` (say) does not pull in JAX,
+Orbax and tensorboardX.
+"""
 
-__all__ = [
-    "ConfigError",
-    "LoadedRun",
-    "RunConfig",
-    "SweepConfig",
-    "analysis",
-    "gradients",
-    "load_run",
-    "run_sweep",
-    "train_run",
-]
+import importlib
+
+_LAZY = {
+    "analysis": ("decay.analysis", None),
+    "LoadedRun": ("decay.analysis", "LoadedRun"),
+    "load_run": ("decay.analysis", "load_run"),
+    "ConfigError": ("decay.config", "ConfigError"),
+    "RunConfig": ("decay.config", "RunConfig"),
+    "SweepConfig": ("decay.config", "SweepConfig"),
+    "run_sweep": ("decay.sweep", "run_sweep"),
+    "gradients": ("decay.train", "gradients"),
+    "train_run": ("decay.train", "train_run"),
+    "train_runs": ("decay.train", "train_runs"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'decay' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)

@@ -101,23 +101,34 @@ def run_sweep(
     total_cost = sum(_cost(r) for r in runs if r.name not in finished)
     done_cost = 0.0
     t0 = time.perf_counter()
-    for i, run_cfg in enumerate(runs, 1):
-        emit = on_event or (lambda e: None)
+    emit = on_event or (lambda e: None)
+    index = {r.name: i for i, r in enumerate(runs, 1)}
+
+    def eta() -> tuple[float, float | None]:
         elapsed = time.perf_counter() - t0
-        eta = elapsed / done_cost * (total_cost - done_cost) if done_cost else None
+        return elapsed, (elapsed / done_cost * (total_cost - done_cost) if done_cost else None)
+
+    # Unfinished runs that share a compiled program (the seeds of a grid point) train together,
+    # spread over the devices (train.train_runs); groups follow the grid's order.
+    groups: list[list] = []
+    for run_cfg in runs:
         if run_cfg.name in finished:
-            emit(Event("skip", i, len(runs), run_cfg.name, elapsed, eta, None))
-            continue
-        emit(Event("start", i, len(runs), run_cfg.name, elapsed, eta, None))
-        log_dir = os.path.join(workdir, "tb", run_cfg.name)
-        run_dir = os.path.join(workdir, "runs", run_cfg.name)
-        row = train.train_run(run_cfg, dataset, device_data, on_progress, log_dir=log_dir, run_dir=run_dir)
-        results.append_jsonl(results_path, row)
-        rows.append(row)
-        done_cost += _cost(run_cfg)
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / done_cost * (total_cost - done_cost)
-        emit(Event("done", i, len(runs), run_cfg.name, elapsed, eta, row))
+            emit(Event("skip", index[run_cfg.name], len(runs), run_cfg.name, *eta(), None))
+        elif groups and train.same_program(groups[-1][0], run_cfg):
+            groups[-1].append(run_cfg)
+        else:
+            groups.append([run_cfg])
+    for group in groups:
+        for run_cfg in group:
+            emit(Event("start", index[run_cfg.name], len(runs), run_cfg.name, *eta(), None))
+        log_dirs = [os.path.join(workdir, "tb", c.name) for c in group]
+        run_dirs = [os.path.join(workdir, "runs", c.name) for c in group]
+        group_rows = train.train_runs(group, dataset, device_data, on_progress, log_dirs=log_dirs, run_dirs=run_dirs)
+        for run_cfg, row in zip(group, group_rows, strict=True):
+            results.append_jsonl(results_path, row)
+            rows.append(row)
+            done_cost += _cost(run_cfg)
+            emit(Event("done", index[run_cfg.name], len(runs), run_cfg.name, *eta(), row))
     order = {r.name: k for k, r in enumerate(runs)}
     if write_report:
         report.write_report(workdir)

@@ -409,6 +409,7 @@ def _sphere_rules(batch_size: int):
     return z1, w1, zz1.ravel(), zz2.ravel(), (w2 / jnp.sum(w2)).ravel()
 
 
+@functools.lru_cache(maxsize=64)
 @_x64
 def batchnorm_chi(activation: str, batch_size: int) -> float:
     """Per-layer factor of the squared backprop signal of a wide batch-normalized net at initialization.
@@ -492,17 +493,12 @@ def layernorm_chi(activation: str, weight_var: float, bias_var: float) -> float:
     return weight_var * float(_mean(lambda u: d1(u) ** 2, 1.0)) / q
 
 
-@_x64
-def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale):
-    """log a_l and log pass_l, each [depth, examples]; see `signal_profile` for the recursion."""
-    if norm not in ("none", "layernorm", "rmsnorm"):
-        raise ValueError(f"no layer-wise profile for norm '{norm}'")
+@functools.cache
+def _moments(activation: str, normalized: bool):
+    """Jitted q -> (E phi, E phi^2, E phi'^2 [/ q when normalized]) at pre-activation variance q (or 1, normalized)."""
     phi, d1, _ = _fns(activation)
-    normalized = norm != "none"
-    stem_wv = weight_var if stem_weight_var is None else stem_weight_var
-    q_in = jnp.atleast_1d(jnp.asarray(q_in, jnp.float64))
-    alpha = residual_scale
 
+    @jax.jit
     def moments(q):
         scale = jnp.ones_like(q) if normalized else q
         return (
@@ -511,23 +507,37 @@ def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_wei
             _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
         )
 
+    return moments
+
+
+@_x64
+def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale):
+    """log a_l and log pass_l, each [depth, examples]; see `signal_profile` for the recursion."""
+    if norm not in ("none", "layernorm", "rmsnorm"):
+        raise ValueError(f"no layer-wise profile for norm '{norm}'")
+    jitted = _moments(activation, norm != "none")
+    moments = lambda q: [np.asarray(v) for v in jitted(q)]  # noqa: E731  (the recursion runs in NumPy float64)
+    stem_wv = weight_var if stem_weight_var is None else stem_weight_var
+    q_in = np.atleast_1d(np.asarray(q_in, np.float64))
+    alpha = residual_scale
+
     q = stem_wv * q_in + bias_var
     m, big_q, dd = moments(q)
-    log_a = [jnp.log(dd)]
-    log_pass = [jnp.log(weight_var * dd)]  # the stem's: unused (nothing below it is measured)
+    log_a = [np.log(dd)]
+    log_pass = [np.log(weight_var * dd)]  # the stem's: unused (nothing below it is measured)
     for _ in range(1, depth):
         q = weight_var * big_q + bias_var
         ey, ey2, dd = moments(q)
         if alpha is None:
             m, big_q, a = ey, ey2, dd
-            log_pass.append(jnp.log(weight_var * a))
+            log_pass.append(np.log(weight_var * a))
         else:
             big_q = big_q + 2 * alpha * m * ey + alpha**2 * ey2
             m = m + alpha * ey
             a = alpha**2 * dd
-            log_pass.append(jnp.log1p(weight_var * a))
-        log_a.append(jnp.log(a))
-    return jnp.stack(log_a), jnp.stack(log_pass)
+            log_pass.append(np.log1p(weight_var * a))
+        log_a.append(np.log(a))
+    return np.stack(log_a), np.stack(log_pass)
 
 
 @_x64

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
-from decay import histograms, models, optim, theory
+from decay import devices, histograms, models, optim, theory
 from decay import metrics as metrics_lib
 from decay.config import RunConfig
 from decay.data import Dataset
@@ -57,6 +58,7 @@ class Program(NamedTuple):
     bare_chunk: Callable[..., tuple[TrainState, jax.Array]]  # no per-layer statistics: the benchmark baseline
     measure: Callable[..., dict[str, jax.Array]]
     eval_batch: Callable[..., tuple[jax.Array, jax.Array]]
+    group_chunk: Callable[..., Callable[..., tuple[TrainState, dict[str, jax.Array]]]]  # (n_steps, mesh) -> run-sharded chunk
 
 
 def _apply(graphdef, params, batch_stats, x, probes, train: bool):
@@ -180,7 +182,33 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
         logits, _, _ = _apply(graphdef, params, batch_stats, x, None, False)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct * mask)
+        # Per example: the sums are taken on the host in float64, so that they do not depend on
+        # how XLA vectorizes a reduction (which differed between runs mapped in one executable).
+        return jnp.where(mask, losses, 0.0), correct * mask
+
+    def eval_batches(state, x_batches, y_batches, masks):
+        # Per-batch (loss sum, correct count) of the test set, batchnorm in evaluation mode.
+        return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
+
+    def run_chunk(state, x_train, y_train, data_key, test, n_steps):
+        # One run's chunk with its evaluations: at the start (only at step 0, else zeros) and at the end.
+        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_batches, state, *test))
+        first = jax.lax.cond(state.step == 0, lambda: eval_batches(state, *test), lambda: skipped)
+        state, stats = train_chunk(state, x_train, y_train, data_key, n_steps)
+        return state, stats, first, eval_batches(state, *test)
+
+    @functools.lru_cache(maxsize=16)
+    def group_chunk(n_steps: int, mesh):
+        # Each device maps the single-run chunk over its share of the stacked runs, one run after
+        # another: the same computation as one run alone, so the numbers do not depend on the grouping.
+        def local(states, x_train, y_train, data_keys, test):
+            return jax.lax.map(lambda sk: run_chunk(sk[0], x_train, y_train, sk[1], test, n_steps), (states, data_keys))
+
+        runs, rep = P(devices.RUN_AXIS), P()
+        # check_vma=False: with it, gradients with respect to values created inside (the zero
+        # probes) are summed over the devices, mixing the runs' signal norms.
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(runs, rep, rep, runs, rep), out_specs=runs, check_vma=False)
+        return jax.jit(sharded, donate_argnums=0)
 
     return Program(
         graphdef,
@@ -189,6 +217,7 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
         jax.jit(bare_chunk, static_argnames="n_steps"),
         jax.jit(measure),
         jax.jit(eval_batch),
+        group_chunk,
     )
 
 
@@ -197,8 +226,7 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 def program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
     """Compiled functions for `cfg`, reused across seeds (a small LRU cache keyed by the config)."""
-    # The init (seed, init, weight_var, bias_var) changes parameter values only, never the compiled program.
-    key = (dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None), hidden)
+    key = (_program_key(cfg), hidden)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, graphdef, hidden)
         while len(_PROGRAMS) > 8:
@@ -223,23 +251,28 @@ def init_state(
     return prog, state
 
 
-def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
+def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test set as [batches, EVAL_BATCH] arrays on the host, the last batch padded and masked out."""
     n = x_test.shape[0]
     size = min(EVAL_BATCH, n)
-    loss_sum, correct = 0.0, 0.0
-    for start in range(0, n, size):
-        xb, yb = x_test[start : start + size], y_test[start : start + size]
-        mask = jnp.ones((xb.shape[0],), bool)
-        pad = size - xb.shape[0]
-        if pad:  # keep one compiled shape: pad the last batch and mask it out
-            xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
-            mask = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
-        ls, c = prog.eval_batch(state.params, state.batch_stats, xb, yb, mask)
-        loss_sum += float(ls)
-        correct += float(c)
-    return loss_sum / n, correct / n
+    nb = -(-n // size)
+    pad = nb * size - n
+    x = np.concatenate([np.asarray(x_test), np.zeros((pad, *x_test.shape[1:]), x_test.dtype)])
+    y = np.concatenate([np.asarray(y_test), np.zeros((pad,), y_test.dtype)])
+    mask = np.arange(nb * size) < n
+    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size), mask.reshape(nb, size)
+
+
+def _eval_result(losses, correct, n: int) -> tuple[float, float]:
+    """(mean loss, accuracy) from per-example masked losses and hits, summed in float64."""
+    return float(np.sum(np.asarray(losses, np.float64))) / n, float(np.sum(np.asarray(correct, np.float64))) / n
+
+
+def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
+    xb, yb, mb = test_batches(np.asarray(x_test), np.asarray(y_test))
+    out = [prog.eval_batch(state.params, state.batch_stats, x, y, m) for x, y, m in zip(xb, yb, mb, strict=True)]
+    return _eval_result([o[0] for o in out], [o[1] for o in out], x_test.shape[0])
 
 
 def gradients(model: nnx.Module, x: jax.Array, y: jax.Array, train: bool = True) -> nnx.State:
@@ -302,117 +335,8 @@ def _theory(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
     return dict(_theory_cached(dataclasses.replace(cfg, seed=0), tuple(q_in.tolist()), fan_in))
 
 
-def train_run(
-    cfg: RunConfig,
-    dataset: Dataset,
-    device_data: tuple[jax.Array, ...] | None = None,
-    on_progress: Callable[[RunProgress], None] | None = None,
-    log_dir: str | None = None,
-    run_dir: str | None = None,
-) -> dict[str, Any]:
-    """Trains one configuration and returns its `results.jsonl` row.
-
-    `device_data` (x_train, y_train, x_test, y_test as device arrays) avoids re-uploading
-    the dataset for every run of a sweep. With `log_dir`, TensorBoard events go there. With
-    `run_dir`, the run writes `config.json` and Orbax checkpoints there (step 0, every
-    `checkpoint_every` steps, the end) and, if checkpoints exist, resumes from the latest:
-    the returned row is then the same as an uninterrupted run's (but for `wall_time_s`).
-    """
-    from decay import checkpoints  # Orbax is imported only by runs that checkpoint
-
-    t0 = time.perf_counter()
-    if device_data is None:
-        device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
-    x_train, y_train, x_test, y_test = device_data
-    prog, state = init_state(cfg, dataset)
-    data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    ckpt_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
-
-    # Everything the host accumulates; saved with each checkpoint so that a resumed run ends identically.
-    p: dict[str, Any] = {
-        "done": 0,
-        "history": [],
-        "loss_history": [],
-        "recent_losses": [],
-        "interval_losses": [],
-        "init_stats": None,
-        "last_stats": None,
-        "diverged_at": None,
-        "test_loss": None,
-        "test_accuracy": None,
-    }
-    resumed = False
-    if ckpt_dir and checkpoints.steps(ckpt_dir):
-        state, data_key, p, _ = checkpoints.restore(ckpt_dir, state)
-        state = jax.tree.map(jnp.asarray, state)
-        resumed = True
-    elif run_dir:
-        checkpoints.write_config(run_dir, cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
-
-    def save_checkpoint() -> None:
-        if ckpt_dir:
-            checkpoints.save(ckpt_dir, p["done"], state, data_key, p, cfg.keep_checkpoints)
-
-    writer = RunWriter(log_dir, cfg.depth) if log_dir else None
-    if not resumed:
-        test_loss, test_acc = evaluate(prog, state, x_test, y_test)
-        p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
-        p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": test_acc}]
-        if writer:
-            writer.write_eval(0, test_loss, test_acc)
-        if cfg.steps == 0:
-            init = jax.device_get(prog.measure(state, x_train, y_train, data_key))
-            p["init_stats"] = p["last_stats"] = _stats_to_json(init)
-            p["recent_losses"] = [float(init["loss"])]
-            p["loss_history"] = [[0, metrics_lib.clean(init["loss"])]]
-            p["diverged_at"] = None if init["finite"] else 0
-            if writer:
-                writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init.items()})
-        save_checkpoint()
-
-    while p["done"] < cfg.steps and p["diverged_at"] is None:
-        done = p["done"]
-        n = chunk_end(done, cfg) - done
-        state, chunk = prog.train_chunk(state, x_train, y_train, data_key, n_steps=n)
-        chunk = jax.device_get(chunk)  # one transfer for every per-layer value of the chunk
-        if p["init_stats"] is None:
-            p["init_stats"] = _stats_to_json({k: v[0] for k, v in chunk.items()})
-        bad = np.flatnonzero(~chunk["finite"])
-        good = int(bad[0]) if bad.size else n
-        if good or p["last_stats"] is None:  # a first step that is already non-finite is kept as is
-            p["last_stats"] = _stats_to_json({k: v[max(good - 1, 0)] for k, v in chunk.items()})
-        losses = [float(v) for v in chunk["loss"][:good]]
-        p["recent_losses"] = (p["recent_losses"] + losses)[-10:]
-        p["interval_losses"] += losses
-        # Logged steps: every log_every-th, the run's last, and the step that diverged.
-        steps = done + np.arange(min(good + 1, n))
-        keep = (steps % cfg.log_every == 0) | (steps == cfg.steps - 1) | (steps == done + good)
-        p["loss_history"] += [[int(t), metrics_lib.clean(chunk["loss"][t - done])] for t in steps[keep]]
-        if writer:
-            writer.write_steps(steps[keep], {k: v[steps[keep] - done] for k, v in chunk.items()})
-        if bad.size:
-            p["diverged_at"] = done + good
-            p["done"] = done + n
-            save_checkpoint()
-            break
-        p["done"] = done + n
-        if p["done"] % cfg.eval_every == 0 or p["done"] == cfg.steps:
-            test_loss, test_acc = evaluate(prog, state, x_test, y_test)
-            p["test_loss"], p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
-            train_loss = metrics_lib.clean(float(np.mean(p["interval_losses"]))) if p["interval_losses"] else None
-            p["interval_losses"] = []
-            p["history"].append(
-                {"step": p["done"], "train_loss": train_loss, "test_loss": p["test_loss"], "test_accuracy": test_acc}
-            )
-            if writer:
-                writer.write_eval(p["done"], test_loss, test_acc)
-        if p["done"] == cfg.steps or (cfg.checkpoint_every and p["done"] % cfg.checkpoint_every == 0):
-            save_checkpoint()
-        if on_progress is not None:
-            on_progress(RunProgress(p["done"], cfg.steps, losses[-1] if losses else math.nan))
-
-    if writer:
-        writer.close()
+def _row(cfg: RunConfig, dataset: Dataset, p: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    """The results.jsonl row of a finished run from its host-side record `p`."""
     init_stats = _stats_from_json(p["init_stats"])
     last_stats = _stats_from_json(p["last_stats"])
     chi = metrics_lib.fit_chi(init_stats["signal_norms"])
@@ -457,5 +381,220 @@ def train_run(
         "history": p["history"],
         "loss_history": p["loss_history"],
         "num_classes": dataset.num_classes,
-        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "wall_time_s": round(wall_time_s, 3),
     }
+
+
+class _Run:
+    """The host side of one run: checkpoints, TensorBoard writer and the record `p` of its progress."""
+
+    def __init__(self, cfg, dataset, prog, state, log_dir, run_dir):
+        from decay import checkpoints  # Orbax is imported only by runs that checkpoint
+
+        self.t0 = time.perf_counter()
+        self.cfg, self.dataset, self.prog, self.state = cfg, dataset, prog, state
+        self.data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
+        self.checkpoints = checkpoints
+        # Everything the host accumulates; saved with each checkpoint so that a resumed run ends identically.
+        self.p: dict[str, Any] = {
+            "done": 0,
+            "history": [],
+            "loss_history": [],
+            "recent_losses": [],
+            "interval_losses": [],
+            "init_stats": None,
+            "last_stats": None,
+            "diverged_at": None,
+            "test_loss": None,
+            "test_accuracy": None,
+        }
+        self.resumed = False
+        if self.ckpt_dir and checkpoints.steps(self.ckpt_dir):
+            self.state, self.data_key, self.p, _ = checkpoints.restore(self.ckpt_dir, self.state)
+            self.resumed = True
+        elif run_dir:
+            checkpoints.write_config(run_dir, cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+        self.writer = RunWriter(log_dir, cfg.depth) if log_dir else None
+
+    @property
+    def active(self) -> bool:
+        return self.p["done"] < self.cfg.steps and self.p["diverged_at"] is None
+
+    def save_checkpoint(self, state) -> None:
+        if self.ckpt_dir:
+            self.checkpoints.save(self.ckpt_dir, self.p["done"], state, self.data_key, self.p, self.cfg.keep_checkpoints)
+
+    def record_eval(self, test_loss: float, test_acc: float) -> None:
+        self.p["test_loss"], self.p["test_accuracy"] = metrics_lib.clean(test_loss), test_acc
+        if self.writer:
+            self.writer.write_eval(self.p["done"], test_loss, test_acc)
+
+    def measure_only(self, device_data) -> None:
+        """steps=0: the evaluation and the per-layer measurement at initialization."""
+        p = self.p
+        x_train, y_train, x_test, y_test = device_data
+        self.record_eval(*evaluate(self.prog, self.state, x_test, y_test))
+        p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": p["test_accuracy"]}]
+        init = jax.device_get(self.prog.measure(self.state, x_train, y_train, self.data_key))
+        p["init_stats"] = p["last_stats"] = _stats_to_json(init)
+        p["recent_losses"] = [float(init["loss"])]
+        p["loss_history"] = [[0, metrics_lib.clean(init["loss"])]]
+        p["diverged_at"] = None if init["finite"] else 0
+        if self.writer:
+            self.writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init.items()})
+        self.save_checkpoint(self.state)
+
+    def absorb(self, chunk: dict[str, np.ndarray], n: int, first_eval, last_eval, n_test: int, state_now) -> float:
+        """Takes in a chunk of `n` steps and its evaluations; returns its last finite loss.
+
+        `state_now()` gives this run's state at the chunk's end, fetched only to checkpoint.
+        """
+        p, cfg = self.p, self.cfg
+        done = p["done"]
+        if done == 0:  # step 0: the initial evaluation, and the initial state's checkpoint
+            self.record_eval(*_eval_result(*first_eval, n_test))
+            p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": p["test_accuracy"]}]
+            self.save_checkpoint(self.state)
+        if p["init_stats"] is None:
+            p["init_stats"] = _stats_to_json({k: v[0] for k, v in chunk.items()})
+        bad = np.flatnonzero(~chunk["finite"])
+        good = int(bad[0]) if bad.size else n
+        if good or p["last_stats"] is None:  # a first step that is already non-finite is kept as is
+            p["last_stats"] = _stats_to_json({k: v[max(good - 1, 0)] for k, v in chunk.items()})
+        losses = [float(v) for v in chunk["loss"][:good]]
+        p["recent_losses"] = (p["recent_losses"] + losses)[-10:]
+        p["interval_losses"] += losses
+        # Logged steps: every log_every-th, the run's last, and the step that diverged.
+        steps = done + np.arange(min(good + 1, n))
+        keep = (steps % cfg.log_every == 0) | (steps == cfg.steps - 1) | (steps == done + good)
+        p["loss_history"] += [[int(t), metrics_lib.clean(chunk["loss"][t - done])] for t in steps[keep]]
+        if self.writer:
+            self.writer.write_steps(steps[keep], {k: v[steps[keep] - done] for k, v in chunk.items()})
+        p["done"] = done + n
+        if bad.size:
+            p["diverged_at"] = done + good
+            self.save_checkpoint(state_now())
+            return losses[-1] if losses else math.nan
+        if p["done"] % cfg.eval_every == 0 or p["done"] == cfg.steps:
+            self.record_eval(*_eval_result(*last_eval, n_test))
+            train_loss = metrics_lib.clean(float(np.mean(p["interval_losses"]))) if p["interval_losses"] else None
+            p["interval_losses"] = []
+            p["history"].append(
+                {"step": p["done"], "train_loss": train_loss, "test_loss": p["test_loss"], "test_accuracy": p["test_accuracy"]}
+            )
+        if p["done"] == cfg.steps or (cfg.checkpoint_every and p["done"] % cfg.checkpoint_every == 0):
+            self.save_checkpoint(state_now())
+        return losses[-1] if losses else math.nan
+
+    def finish(self) -> dict[str, Any]:
+        if self.writer:
+            self.writer.close()
+        return _row(self.cfg, self.dataset, self.p, time.perf_counter() - self.t0)
+
+
+def _index(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+class _HostStates:
+    """The stacked states of a group, fetched to the host at most once, and only if a run asks."""
+
+    def __init__(self, states: Any):
+        self.states, self.host = states, None
+
+    def run(self, i: int) -> Any:
+        if self.host is None:
+            self.host = jax.device_get(self.states)
+        return _index(self.host, i)
+
+
+def _program_key(cfg: RunConfig) -> RunConfig:
+    # The init (seed, init, weight_var, bias_var) changes parameter values only, never the compiled program.
+    return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None)
+
+
+def same_program(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two runs share one compiled program, and so can train side by side in `train_runs`."""
+    return _program_key(a) == _program_key(b)
+
+
+def train_runs(
+    cfgs: list[RunConfig],
+    dataset: Dataset,
+    device_data: tuple[jax.Array, ...] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    log_dirs: list[str | None] | None = None,
+    run_dirs: list[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Trains runs that share one compiled program (they differ only in seed or init) side by side.
+
+    The runs' states are stacked on a leading run axis that is sharded over every device
+    (`devices.run_mesh`); each device steps its share of the runs one after another with the
+    same single-run program, so every run's numbers are bitwise those of `train_run` alone,
+    on one device or many. Runs resumed from checkpoints at different steps are trained in
+    separate groups. Returns one `results.jsonl` row per config, in order.
+    """
+    if not cfgs:
+        return []
+    if len({_program_key(c) for c in cfgs}) > 1:
+        raise ValueError("train_runs needs configs that differ only in seed, init, weight_var or bias_var")
+    if device_data is None:
+        device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
+    log_dirs = log_dirs or [None] * len(cfgs)
+    run_dirs = run_dirs or [None] * len(cfgs)
+    runs = []
+    for cfg, log_dir, run_dir in zip(cfgs, log_dirs, run_dirs, strict=True):
+        prog, state = init_state(cfg, dataset)
+        runs.append(_Run(cfg, dataset, prog, jax.device_get(state), log_dir, run_dir))
+        if cfg.steps == 0 and not runs[-1].resumed:
+            runs[-1].measure_only(device_data)
+    prog = runs[0].prog
+    mesh = devices.run_mesh()
+    x_train, y_train = (devices.replicate(a, mesh) for a in device_data[:2])
+    n_test = dataset.x_test.shape[0]
+    test = devices.replicate(test_batches(dataset.x_test, dataset.y_test), mesh)
+    for done in sorted({r.p["done"] for r in runs}):
+        group = [r for r in runs if r.p["done"] == done and r.active]
+        if not group:
+            continue
+        # Pad the run axis to a multiple of the device count with copies of the first run (discarded).
+        padded = group + [group[0]] * (-len(group) % mesh.size)
+        # Stacked on the host (no per-shape device programs), then placed shard by shard.
+        states = devices.shard_runs(jax.tree.map(lambda *a: np.stack(a), *[r.state for r in padded]), mesh)
+        data_keys = devices.shard_runs(jnp.stack([r.data_key for r in padded]), mesh)
+        while any(r.active for r in group):
+            cfg = group[0].cfg
+            now = group[0].p["done"]
+            n = chunk_end(now, cfg) - now
+            states, chunk, first_eval, last_eval = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, test)
+            # One transfer for every per-layer value and evaluation of every run of the chunk.
+            chunk, first_eval, last_eval = jax.device_get((chunk, first_eval, last_eval))
+            host = _HostStates(states)
+            last = math.nan
+            for i, run in enumerate(group):
+                if run.active:
+                    pick = functools.partial(_index, i=i)
+                    last = run.absorb(pick(chunk), n, pick(first_eval), pick(last_eval), n_test, functools.partial(host.run, i))
+            if on_progress is not None:
+                on_progress(RunProgress(group[0].p["done"], cfg.steps, last))
+    return [r.finish() for r in runs]
+
+
+def train_run(
+    cfg: RunConfig,
+    dataset: Dataset,
+    device_data: tuple[jax.Array, ...] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    log_dir: str | None = None,
+    run_dir: str | None = None,
+) -> dict[str, Any]:
+    """Trains one configuration and returns its `results.jsonl` row.
+
+    `device_data` (x_train, y_train, x_test, y_test as device arrays) avoids re-uploading
+    the dataset for every run of a sweep. With `log_dir`, TensorBoard events go there. With
+    `run_dir`, the run writes `config.json` and Orbax checkpoints there (step 0, every
+    `checkpoint_every` steps, the end) and, if checkpoints exist, resumes from the latest:
+    the returned row is then the same as an uninterrupted run's (but for `wall_time_s`).
+    """
+    return train_runs([cfg], dataset, device_data, on_progress, [log_dir], [run_dir])[0]

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
 from absl import flags, logging
+
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "JAX devices on a CPU host: runs of a sweep train side by side, one per device; default one per core."
+)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "decay", "jax"),
+    "Folder of JAX's persistent compilation cache (compiled programs reused by later runs); empty: off.",
+)
 
 
 def fail(message: str) -> NoReturn:
@@ -22,6 +32,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(e))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on a CPU machine
+    if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
+        fail(f"--cpu_devices={_CPU_DEVICES.value}; give an integer >= 1")
+    from decay import devices  # imports JAX; it must be configured before its first computation
+
+    devices.configure(_CPU_DEVICES.value, _COMPILATION_CACHE.value or None)
     return rest
 
 

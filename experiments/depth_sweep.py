@@ -157,7 +157,11 @@ def main(argv: list[str]) -> None:
 
     progress = Progress(len(cfg.runs()), quiet=_QUIET.value)
     if not _QUIET.value:
-        progress.line(f"depth sweep: {len(cfg.runs())} runs -> {workdir}")
+        import jax
+
+        n_dev = len(jax.devices())
+        where = f"{n_dev} {jax.devices()[0].platform.upper()} device{'s' if n_dev > 1 else ''}"
+        progress.line(f"depth sweep: {len(cfg.runs())} runs on {where} -> {workdir}")
     try:
         rows = run_sweep(cfg, workdir, on_event=progress.on_event, on_progress=progress.on_step, command=command)
     except ConfigError as e:
