@@ -15,9 +15,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
-from decay import checkpoints, models, train
+from decay import checkpoints, instruments, models, train
 from decay.config import RunConfig
 
 
@@ -130,3 +131,105 @@ def _extreme_singular_values(rep, xi: jax.Array, out_dim: int, in_dim: int, k: i
     top = svds(op, k=kk, which="LM", return_singular_vectors=False, random_state=0)
     bottom = svds(op, k=kk, which="SM", return_singular_vectors=False, random_state=0)
     return sorted(np.concatenate([top, bottom]).tolist(), reverse=True)
+
+
+# ---- instruments (decay.instruments), one function each, on a reopened run ----
+
+
+def _instrument_stats(run: LoadedRun, x: jax.Array, y: jax.Array, tier: str) -> dict[str, np.ndarray]:
+    """The train step's statistics of `tier` on (x, y) (batchnorm in training mode), distance against step 0."""
+    hidden = models.hidden_shape(run.config, run.input_shape)
+    anchor = tuple(jnp.zeros_like(k) + 1.0 for k in models.layer_kernels(nnx.to_pure_dict(run.params)))
+
+    def fn(p, bs, x, y):
+        return train._grads_and_stats(run.program.graphdef, run.config.depth, hidden, p, bs, x, y, tier, anchor)[2]
+
+    return {k: np.asarray(v) for k, v in jax.jit(fn)(run.params, run.batch_stats, jnp.asarray(x), jnp.asarray(y)).items()}
+
+
+def activation_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, Any]:
+    """Per layer: q_l (mean squared pre-activation) and c_l (mean pairwise cosine across the batch), with the theory's q*, c*."""
+    s = _instrument_stats(run, x, y, "standard")
+    row = train._instrument_fields(dataclasses.replace(run.config, instruments="standard"), _FakeData(run), {}, {}, [])
+    return {"q": s["q"], "c": s["c"], "q_star": row.get("q_star_theory"), "c_star": row.get("c_star_theory")}
+
+
+def dead_units(run: LoadedRun, x: jax.Array, y: jax.Array) -> np.ndarray:
+    """Per layer, the fraction of units inactive (activation input <= 0) on every example of x.
+
+    NaN for activations that are not ReLU-like.
+    """
+    return _instrument_stats(run, x, y, "standard")["dead_fraction"]
+
+
+def distance_from_init(run: LoadedRun) -> np.ndarray:
+    """Per layer, ||W_l - W_l(0)|| / ||W_l(0)||, against the run's step-0 checkpoint."""
+    start = load_run(run.run_dir, 0)
+    now = models.layer_kernels(nnx.to_pure_dict(run.params))
+    init = models.layer_kernels(nnx.to_pure_dict(start.params))
+    return np.concatenate([np.asarray(instruments.distance(a, b)) for a, b in zip(now, init, strict=True)])
+
+
+def gradient_noise(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, np.ndarray]:
+    """Per-sample gradient statistics of a dense net on (x, y): mean norm, SNR, B_simple per layer; B_simple overall.
+
+    Per-sample gradients as defined in `decay.instruments` (batchnorm nets included).
+    """
+    if run.config.model != "mlp":
+        raise ValueError("per-sample gradient statistics cover dense (mlp) layers only")
+    s = _instrument_stats(run, x, y, "full")
+    return {k: s[k] for k in instruments.PER_SAMPLE_KEYS}
+
+
+def per_sample_gradients(run: LoadedRun, x: jax.Array, y: jax.Array) -> nnx.State:
+    """Every example's own loss gradient, a pytree like `run.params` with a leading example axis (vmap over the batch).
+
+    Defined for nets without batchnorm, where an example's loss depends on that example only;
+    with batchnorm in training mode use `gradient_noise`, whose per-sample terms are each example's
+    contribution to the batch gradient.
+    """
+    if run.config.norm == "batchnorm":
+        raise ValueError("with batchnorm an example's loss depends on the batch; use gradient_noise (per-example contributions)")
+    graphdef = run.program.graphdef
+
+    def one(params, xi, yi):
+        logits, _, _ = train._apply(graphdef, params, run.batch_stats, xi[None], None, False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).mean()
+
+    fn = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
+    return fn(run.params, jnp.asarray(x), jnp.asarray(y))
+
+
+def _curvature_loss(run: LoadedRun, x: jax.Array, y: jax.Array):
+    graphdef, bs = run.program.graphdef, run.batch_stats
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    return lambda p: train._loss(graphdef, p, None, bs, x, y)[0]
+
+
+def hessian_top_eigenvalue(
+    run: LoadedRun, x: jax.Array, y: jax.Array, iters: int = instruments.POWER_ITERS, seed: int = 0
+) -> float:
+    """The largest Hessian eigenvalue of the loss on (x, y) (batchnorm in training mode) by power iteration.
+
+    For SGD compare with 2 / learning_rate, the edge of stability.
+    """
+    loss = _curvature_loss(run, x, y)
+    fn = jax.jit(lambda p, k: instruments.top_eigenvalue(loss, p, k, iters))
+    return float(fn(run.params, jax.random.key(seed)))
+
+
+def hessian_trace(
+    run: LoadedRun, x: jax.Array, y: jax.Array, probes: int = instruments.HUTCHINSON_PROBES, seed: int = 0
+) -> dict[str, Any]:
+    """Hutchinson's estimate of the loss Hessian's trace on (x, y), and of each hidden kernel block's trace."""
+    loss = _curvature_loss(run, x, y)
+    fn = jax.jit(lambda p, k: train.curvature_trace(loss, p, k, probes))
+    total, layers = fn(run.params, jax.random.key(seed))
+    return {"trace": float(total), "layers": np.asarray(layers)}
+
+
+class _FakeData:
+    """What `train._instrument_fields` reads of a dataset (for the theory's q*): inputs with unit mean square."""
+
+    def __init__(self, run: LoadedRun):
+        self.x_train = np.ones((1, *run.input_shape), np.float32)

@@ -41,6 +41,8 @@ class RunConfig:
     seed: int = 0  # seeds parameters and the order of minibatches
     data_seed: int = 0  # seeds the train/test split and synthetic data, shared by all runs
     bn_momentum: float = 0.9  # running-average decay of batchnorm statistics
+    instruments: str = "basic"  # basic | standard (+ q, c, dead units, distance) | full (+ per-sample, curvature)
+    instrument_every: int = 100  # steps between curvature measurements of the full tier (also at 0 and the end)
 
     @property
     def name(self) -> str:
@@ -139,6 +141,9 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.steps >= 0, f"--steps={b.steps}; must be an integer >= 0 (0: measure at initialization only)")
     _check(b.eval_every >= 1, f"--eval_every={b.eval_every}; must be an integer >= 1")
     _check(b.log_every >= 1, f"--log_every={b.log_every}; must be an integer >= 1")
+    tiers = ("basic", "standard", "full")  # decay.instruments.TIERS, kept here so that config stays light
+    _check(b.instruments in tiers, f"--instruments={b.instruments!r} is unknown; allowed: {', '.join(tiers)}")
+    _check(b.instrument_every >= 1, f"--instrument_every={b.instrument_every}; must be an integer >= 1")
     _check(b.checkpoint_every >= 0, f"--checkpoint_every={b.checkpoint_every}; must be an integer >= 0")
     _check(b.keep_checkpoints >= 1, f"--keep_checkpoints={b.keep_checkpoints}; must be an integer >= 1")
     _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")

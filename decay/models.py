@@ -8,7 +8,8 @@ traced program, and compile time, do not grow with depth.
 A model is called as `model(x, probes, train)` and returns `(logits, aux)`:
 `probes` (layer x batch x hidden shape, or None) are added to every layer's linear
 output h_l, so that d loss / d probes[l] = d loss / d h_l; `aux["act_rms"]` holds the
-RMS of every layer's post-activation output.
+RMS of every layer's post-activation output. With `stats=True`, aux also holds the per-layer
+activation statistics of `decay.instruments.layer_stats` (q_l, c_l, dead units, input norms).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from decay import instruments
 from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
 from decay.registry import Registry
@@ -43,12 +45,18 @@ class Layer(nnx.Module):
             reduce_axes = (-1,)
         self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
         self.act = ACTIVATIONS.get(cfg.activation)
+        self.relu_like = cfg.activation in instruments.RELU_LIKE
 
-    def __call__(self, x: jax.Array, probe: jax.Array | None, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, probe: jax.Array | None, train: bool, stats: bool = False):
+        """The layer's output; with `stats`, (output, instruments.layer_stats of this layer)."""
         h = self.linear(x)
         if probe is not None:
             h = h + probe
-        return self.act(self.norm(h, train))
+        z = self.norm(h, train)
+        y = self.act(z)
+        if not stats:
+            return y
+        return y, {"act_rms": _rms(y), **instruments.layer_stats(x, h, z, self.relu_like)}
 
 
 class Stack(nnx.Module):
@@ -60,21 +68,22 @@ class Stack(nnx.Module):
         nnx.update(self.layer, jax.vmap(lambda k: nnx.state(make_layer(nnx.Rngs(params=k))))(keys))
         self.residual_scale = residual_scale  # None: plain net
 
-    def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:
+        """(last output, per-layer aux): act RMS [n], or with `stats` a dict of [n, ...] arrays."""
         graphdef, state = nnx.split(self.layer)
         alpha = self.residual_scale
 
         def body(h, xs):
             layer_state, probe = xs
             layer = nnx.merge(graphdef, layer_state, copy=True)
-            y = layer(h, probe, train)
+            y, aux = layer(h, probe, train, True) if stats else (layer(h, probe, train), None)
             out = y if alpha is None else h + alpha * y
-            return out, (_rms(y), nnx.state(layer, nnx.BatchStat))
+            return out, (aux if stats else _rms(y), nnx.state(layer, nnx.BatchStat))
 
-        h, (act_rms, batch_stats) = jax.lax.scan(body, h, (state, probes))
+        h, (aux, batch_stats) = jax.lax.scan(body, h, (state, probes))
         if train:
             nnx.update(self.layer, batch_stats)
-        return h, act_rms
+        return h, aux
 
 
 class MLP(nnx.Module):
@@ -91,9 +100,9 @@ class MLP(nnx.Module):
         self.blocks = Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
         self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
 
-    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False, stats: bool = False):
         x_BxD = x.reshape(x.shape[0], -1)
-        return _forward(self, x_BxD, probes, train, pool=False)
+        return _forward(self, x_BxD, probes, train, pool=False, stats=stats)
 
 
 class CNN(nnx.Module):
@@ -107,8 +116,8 @@ class CNN(nnx.Module):
         self.blocks = Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
         self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
 
-    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
-        return _forward(self, x, probes, train, pool=True)
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False, stats: bool = False):
+        return _forward(self, x, probes, train, pool=True, stats=stats)
 
 
 class SeedCNN(nnx.Module):
@@ -126,18 +135,23 @@ class SeedCNN(nnx.Module):
         self.blocks = None
         self.head = nnx.Linear((h - 2) * (w - 2) * cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
 
-    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False):
-        return _forward(self, x, probes, train, pool=False)
+    def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False, stats: bool = False):
+        return _forward(self, x, probes, train, pool=False, stats=stats)
 
 
-def _hidden(model: Any, x: jax.Array, probes: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Stem and scanned blocks: (last hidden layer's output, per-layer act RMS)."""
-    h = model.stem(x, None if probes is None else probes[0], train)
-    act_rms = _rms(h)[None]
+def _hidden(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:
+    """Stem and scanned blocks: (last hidden layer's output, per-layer act RMS, or with `stats` a dict of per-layer arrays)."""
+    probe0 = None if probes is None else probes[0]
+    if stats:
+        h, aux = model.stem(x, probe0, train, True)
+        aux = jax.tree.map(lambda a: a[None], aux)
+    else:
+        h = model.stem(x, probe0, train)
+        aux = _rms(h)[None]
     if model.blocks is not None:
-        h, rest = model.blocks(h, None if probes is None else probes[1:], train)
-        act_rms = jnp.concatenate([act_rms, rest])
-    return h, act_rms
+        h, rest = model.blocks(h, None if probes is None else probes[1:], train, stats)
+        aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), aux, rest)
+    return h, aux
 
 
 def last_hidden(model: nnx.Module, x: jax.Array, train: bool = False) -> jax.Array:
@@ -147,11 +161,11 @@ def last_hidden(model: nnx.Module, x: jax.Array, train: bool = False) -> jax.Arr
     return _hidden(model, x, None, train)[0]
 
 
-def _forward(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, pool: bool):
-    h, act_rms = _hidden(model, x, probes, train)
+def _forward(model: Any, x: jax.Array, probes: jax.Array | None, train: bool, pool: bool, stats: bool = False):
+    h, aux = _hidden(model, x, probes, train, stats)
     if pool:
         h = jnp.mean(h, axis=(1, 2))
-    return model.head(h.reshape(h.shape[0], -1)), {"act_rms": act_rms}
+    return model.head(h.reshape(h.shape[0], -1)), (aux if stats else {"act_rms": aux})
 
 
 MODELS: Registry[type[nnx.Module]] = Registry("model")

@@ -455,6 +455,7 @@ def all_figures(rows: Sequence[Row], out_dir: str) -> dict[str, list[str]]:
         "gradient_flow": gradient_flow(rows, out_dir),
         "trainability": [save(trainability(rows), os.path.join(out_dir, "trainability.png"))],
         "training_curves": [save(training_curves(rows), os.path.join(out_dir, "training_curves.png"))],
+        "instruments": instrument_figures(rows, out_dir),
     }
 
 
@@ -500,3 +501,101 @@ def jacobian_spectrum(spectra: dict[str, Sequence[Sequence[float]]], title: str)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _instrument_key(r: Row) -> tuple:
+    return (r["activation"], r["norm"], r.get("residual_scale") if r.get("residual") else None)
+
+
+def _instrument_label(key: tuple) -> str:
+    act, norm, res = key
+    return f"{act}, {norm}" + (f", residual {res:g}" if res is not None else "")
+
+
+INSTRUMENT_PLOTS = {  # row key prefix -> (y label, log scale)
+    "q": ("q_l = mean h_l^2 (dashed grey: theory q*)", True),
+    "c": ("c_l = mean cos(h_l[i], h_l[j]) (dashed grey: theory c*)", False),
+    "dead_fraction": ("fraction of dead units", False),
+    "distance": ("||W_l - W_l(0)|| / ||W_l(0)||", True),
+    "per_sample_grad_norm": ("mean per-sample ||g_i||", True),
+    "grad_snr": ("gradient SNR ||G||^2 / tr Sigma", True),
+    "b_simple_layers": ("B_simple = tr Sigma / ||G||^2", True),
+    "hessian_trace_layers": ("Hutchinson tr of the layer's Hessian block", False),
+}
+
+
+def instrument_profiles(rows: Sequence[Row], key: str) -> Any:
+    """One instrument per layer at the sweep's largest depth: a panel per config, init solid, end dashed, median over seeds."""
+    ylabel, log = INSTRUMENT_PLOTS[key]
+    rows = [r for r in rows if r.get(f"{key}_init") is not None or r.get(f"{key}_final") is not None]
+    depth = max(r["depth"] for r in rows)
+    rows = [r for r in rows if r["depth"] == depth]
+    configs = list(dict.fromkeys(_instrument_key(r) for r in rows))
+    fig, axes = plt.subplots(
+        1, len(configs), figsize=(3.6 * len(configs) + 1, 3.8), squeeze=False, sharey=True, layout="constrained"
+    )
+    for ax, cfg in zip(axes[0], configs, strict=True):
+        cfg_rows = [r for r in rows if _instrument_key(r) == cfg]
+        for suffix, style, label in (("init", "-", "initialization"), ("final", "--", "end of training")):
+            values = [as_float_array(r.get(f"{key}_{suffix}")) for r in cfg_rows if r.get(f"{key}_{suffix}") is not None]
+            if not values:
+                continue
+            med = np.nanmedian(np.stack(values), axis=0) if np.isfinite(np.stack(values)).any() else np.stack(values)[0]
+            ax.plot(np.arange(len(med)), med, style, marker="o", ms=2.5, color="C0" if suffix == "init" else "C3", label=label)
+        star = {"q": "q_star_theory", "c": "c_star_theory"}.get(key)
+        if star and cfg_rows[0].get(star) is not None:
+            ax.axhline(cfg_rows[0][star], color="gray", ls=":", lw=1.2, label="theory")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(_instrument_label(cfg), fontsize=9)
+        ax.set_xlabel("layer l  (0 = input side)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{ylabel} at depth {depth}, median over seeds")
+    return fig
+
+
+def edge_of_stability(rows: Sequence[Row]) -> Any:
+    """Top Hessian eigenvalue at initialization and at the end against depth, with 2 / learning rate; diverged runs marked."""
+    rows = [r for r in rows if r.get("hessian_top_init") is not None or r.get("hessian_top_final") is not None]
+    configs = list(dict.fromkeys(_instrument_key(r) for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, layout="constrained")
+    for ax, suffix in zip(axes, ("init", "final"), strict=True):
+        for i, cfg in enumerate(configs):
+            cfg_rows = [r for r in rows if _instrument_key(r) == cfg and r.get(f"hessian_top_{suffix}") is not None]
+            if not cfg_rows:
+                continue
+            x = [r["depth"] * (1 + 0.04 * (i - len(configs) / 2)) for r in cfg_rows]
+            y = [max(r[f"hessian_top_{suffix}"], 1e-6) for r in cfg_rows]
+            marker = ["x" if r["diverged"] else "o" for r in cfg_rows]
+            for xx, yy, m in zip(x, y, marker, strict=True):
+                ax.scatter(xx, yy, color=f"C{i % 10}", marker=m, s=28 if m == "o" else 60)
+            ax.plot([], [], "o", color=f"C{i % 10}", label=_instrument_label(cfg))
+        eos = next((r.get("edge_of_stability") for r in rows if r.get("edge_of_stability")), None)
+        if eos:
+            ax.axhline(eos, color="black", ls="--", lw=1, label=f"2 / learning rate = {eos:g}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth")
+        ax.set_title("at initialization" if suffix == "init" else "at the end (x: diverged, last finite point)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top Hessian eigenvalue (power iteration)")
+    axes[1].legend(fontsize=7, loc="best")
+    return fig
+
+
+def instrument_figures(rows: Sequence[Row], out_dir: str) -> list[str]:
+    """A figure per instrument present in the rows."""
+    paths = []
+    for key in INSTRUMENT_PLOTS:
+        if any(r.get(f"{key}_init") is not None or r.get(f"{key}_final") is not None for r in rows):
+            if (
+                all(not np.isfinite(as_float_array(r.get(f"{key}_init") or [np.nan])).any() for r in rows)
+                and key == "dead_fraction"
+            ):
+                continue  # no ReLU-like activation in the sweep
+            paths.append(save(instrument_profiles(rows, key), os.path.join(out_dir, f"instrument_{key}.png")))
+    if any(r.get("hessian_top_final") is not None for r in rows):
+        paths.append(save(edge_of_stability(rows), os.path.join(out_dir, "instrument_hessian_top.png")))
+    return paths

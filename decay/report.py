@@ -144,6 +144,7 @@ def write_report(workdir: str) -> str:
         "gradient_flow": "Gradient flow at initialization, per layer",
         "trainability": "chi and test accuracy against depth",
         "training_curves": "Training loss against step",
+        "instruments": "Instrument",
     }
     for kind, paths in figures.items():
         for p in paths:
@@ -151,6 +152,8 @@ def write_report(workdir: str) -> str:
             caption = captions[kind]
             if kind == "gradient_flow":  # gradient_flow_<activation>.png
                 caption += ": " + os.path.basename(p)[len("gradient_flow_") : -len(".png")]
+            if kind == "instruments":  # instrument_<key>.png
+                caption += ": " + os.path.basename(p)[len("instrument_") : -len(".png")]
             lines += [f"### {caption}", "", f"![{kind}]({rel})", ""]
     path = os.path.join(workdir, "report.md")
     results.write_atomic(path, "\n".join(lines) + "\n")

@@ -5,6 +5,10 @@ Per logged step one event carries every scalar of that step (`loss` and, per hid
 `weight_norm/layer_XX`), built from arrays already on the host. With histograms on, each
 layer adds `grad_log10_hist/layer_XX` (a histogram of log10 |dL/dW_l|) and the scalars
 `grad_zero/`, `grad_nan/`, `grad_inf/layer_XX` (counts of entries outside the histogram).
+Instruments (decay.instruments) add, per layer, `q/`, `c/`, `dead_fraction/`, `distance_from_init/`
+(standard), `per_sample_grad_norm/`, `grad_snr/`, `b_simple/layer_XX` and the scalar
+`b_simple/all_layers` (full), and at each curvature step `hessian/top_eigenvalue`, `hessian/trace`
+and `hessian_trace/layer_XX`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,17 @@ PER_LAYER = {
     "act_rms": "act_rms",
     "update_ratio": "update_ratio",
     "weight_norms": "weight_norm",
+    # decay.instruments, standard and full tiers
+    "q": "q",
+    "c": "c",
+    "dead_fraction": "dead_fraction",
+    "distance": "distance_from_init",
+    "per_sample_grad_norm": "per_sample_grad_norm",
+    "grad_snr": "grad_snr",
+    "b_simple_layers": "b_simple",
+    "hessian_trace_layers": "hessian_trace",
 }
+SCALARS = {"loss": "loss", "b_simple": "b_simple/all_layers"}
 
 
 def layer_tag(prefix: str, layer: int, depth: int) -> str:
@@ -71,7 +85,8 @@ class RunWriter:
         self._depth = depth
         self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
         self._prefixes: dict[str, list[bytes]] = {k: [_scalar_prefix(t) for t in v] for k, v in self._tags.items()}
-        self._prefixes["loss"] = [_scalar_prefix("loss")]
+        for key, tag in SCALARS.items():
+            self._prefixes[key] = [_scalar_prefix(tag)]
 
     def write_steps(self, steps: np.ndarray, stats: dict[str, np.ndarray]) -> None:
         """Logs the per-step statistics `stats[key][i]` at global step `steps[i]`, one event per step.
@@ -113,6 +128,10 @@ class RunWriter:
             )
             values.append(Summary.Value(tag=layer_tag("grad_log10_hist", layer, self._depth), histo=hist))
         return values
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Logs named scalars (tag -> value) at `step`."""
+        self._write(Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]), int(step))
 
     def write_eval(self, step: int, test_loss: float, test_accuracy: float) -> None:
         """Logs `test_loss` and `test_accuracy` at `step` (after that many updates)."""

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from decay import devices, histograms, models, optim, theory
+from decay import devices, histograms, instruments, models, optim, theory
 from decay import metrics as metrics_lib
 from decay.config import RunConfig
 from decay.data import Dataset
@@ -47,6 +47,7 @@ class TrainState(NamedTuple):
     batch_stats: nnx.State  # nnx.BatchStat variables (empty without batchnorm)
     opt_state: Any  # optax state
     halted: jax.Array  # bool scalar: a non-finite loss or gradient was seen; updates stop
+    anchor: tuple = ()  # the hidden kernels at step 0 (instruments >= standard: distance from init), else ()
 
 
 class Program(NamedTuple):
@@ -61,23 +62,28 @@ class Program(NamedTuple):
     group_chunk: Callable[..., Callable[..., tuple[TrainState, dict[str, jax.Array]]]]  # (n_steps, mesh) -> run-sharded chunk
 
 
-def _apply(graphdef, params, batch_stats, x, probes, train: bool):
+def _apply(graphdef, params, batch_stats, x, probes, train: bool, stats: bool = False):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
-    logits, aux = model(x, probes, train)
+    logits, aux = model(x, probes, train, stats)
     return logits, aux, nnx.state(model, nnx.BatchStat)
 
 
-def _loss(graphdef, params, probes, batch_stats, x, y):
-    logits, aux, new_bs = _apply(graphdef, params, batch_stats, x, probes, True)
+def _loss(graphdef, params, probes, batch_stats, x, y, stats: bool = False):
+    logits, aux, new_bs = _apply(graphdef, params, batch_stats, x, probes, True, stats)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, (aux, new_bs)
 
 
-def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batch_stats, x, y):
-    """Loss, parameter gradients, new batch stats and per-layer statistics at `params`."""
+def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batch_stats, x, y, tier="basic", anchor=()):
+    """Loss, parameter gradients, new batch stats and per-layer statistics at `params`.
+
+    `tier` (see `decay.instruments`) adds the standard instruments (q, c, dead units, distance
+    from `anchor`, the step-0 kernels) and, for dense layers, the full tier's per-sample ones.
+    """
     probes = jnp.zeros((depth, x.shape[0], *hidden), x.dtype)
+    more = instruments.tier_at_least(tier, "standard")
     # batch_stats is an argument, not a closure, so that batchnorm may update it inside the trace.
-    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), argnums=(0, 1), has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef, stats=more), argnums=(0, 1), has_aux=True)
     (loss, (aux, new_bs)), (grads, probe_grads) = grad_fn(params, probes, batch_stats, x, y)
     pure_grads = nnx.to_pure_dict(grads)
     axes = tuple(range(1, probe_grads.ndim))
@@ -104,7 +110,35 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
         "weight_norms": models.kernel_norms(nnx.to_pure_dict(params)),
         "finite": finite,
     }
+    if more:
+        stats.update({k: aux[k] for k in ("q", "c", "dead_fraction")})
+        kernels = models.layer_kernels(nnx.to_pure_dict(params))
+        stats["distance"] = jnp.concatenate([instruments.distance(k, a) for k, a in zip(kernels, anchor, strict=True)])
+    if instruments.tier_at_least(tier, "full") and len(hidden) == 1:  # dense layers: per-sample statistics
+        stats.update(instruments.per_sample(aux["in_norm2"], probe_grads, grad_norms))
     return grads, new_bs, stats
+
+
+def curvature(graphdef, params, batch_stats, x, y, key) -> dict[str, jax.Array]:
+    """Top Hessian eigenvalue, Hutchinson trace and per-layer kernel-block traces of the batch loss.
+
+    Batchnorm in training mode (the loss that is trained), batch statistics held as they come.
+    """
+    loss = lambda p: _loss(graphdef, p, None, batch_stats, x, y)[0]  # noqa: E731
+    k_power, k_trace = jax.random.split(key)
+    top = instruments.top_eigenvalue(loss, params, k_power)
+    trace, per_layer = curvature_trace(loss, params, k_trace)
+    return {"hessian_top": top, "hessian_trace": trace, "hessian_trace_layers": per_layer}
+
+
+def curvature_trace(loss, params, key, probes: int = instruments.HUTCHINSON_PROBES):
+    """Hutchinson trace of the Hessian of `loss` at `params`, and per hidden layer the trace of its kernel block."""
+
+    def layer_dot(v, hv):
+        pairs = zip(models.layer_kernels(nnx.to_pure_dict(v)), models.layer_kernels(nnx.to_pure_dict(hv)), strict=True)
+        return jnp.concatenate([jnp.sum((a * b).reshape(a.shape[0], -1), axis=1) for a, b in pairs])
+
+    return instruments.hutchinson(loss, params, key, probes, layer_dot=layer_dot)
 
 
 def _grad_histograms(grads) -> dict[str, jax.Array]:
@@ -114,14 +148,14 @@ def _grad_histograms(grads) -> dict[str, jax.Array]:
 
 
 def train_step(
-    graphdef, tx, depth, hidden, state: TrainState, x, y, log_every: int | None = None
+    graphdef, tx, depth, hidden, state: TrainState, x, y, log_every: int | None = None, tier: str = "basic"
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step and its per-layer statistics; a pure function of its inputs.
 
     With `log_every`, per-layer gradient histograms are added, computed on steps divisible
     by it (zeros elsewhere).
     """
-    grads, new_bs, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x, y)
+    grads, new_bs, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x, y, tier, state.anchor)
     if log_every is not None:
         empty = jax.tree.map(jnp.zeros_like, jax.eval_shape(_grad_histograms, grads))
         stats.update(jax.lax.cond(state.step % log_every == 0, _grad_histograms, lambda g: empty, grads))
@@ -137,6 +171,7 @@ def train_step(
         batch_stats=pick(new_bs, state.batch_stats),
         opt_state=pick(opt_state, state.opt_state),
         halted=state.halted | ~finite,
+        anchor=state.anchor,
     )
     return new_state, stats
 
@@ -157,7 +192,7 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
     def train_chunk(state, x_train, y_train, data_key, n_steps):
         def body(state, _):
             idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
-            return train_step(graphdef, tx, depth, hidden, state, x_train[idx], y_train[idx], hist_every)
+            return train_step(graphdef, tx, depth, hidden, state, x_train[idx], y_train[idx], hist_every, cfg.instruments)
 
         return jax.lax.scan(body, state, None, length=n_steps)
 
@@ -175,7 +210,13 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
 
     def measure(state, x_train, y_train, data_key):
         idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
-        _, _, stats = _grads_and_stats(graphdef, depth, hidden, state.params, state.batch_stats, x_train[idx], y_train[idx])
+        x, y = x_train[idx], y_train[idx]
+        _, _, stats = _grads_and_stats(
+            graphdef, depth, hidden, state.params, state.batch_stats, x, y, cfg.instruments, state.anchor
+        )
+        if instruments.tier_at_least(cfg.instruments, "full"):
+            key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
+            stats.update(curvature(graphdef, state.params, state.batch_stats, x, y, key))
         return stats
 
     def eval_batch(params, batch_stats, x, y, mask):
@@ -190,12 +231,38 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
         # Per-batch (loss sum, correct count) of the test set, batchnorm in evaluation mode.
         return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
 
+    full = instruments.tier_at_least(cfg.instruments, "full")
+
+    def curvatures(states, x_train, y_train, data_key, when):
+        # The full tier's curvature of each of the stacked states (a leading axis of 2: the chunk's
+        # start and end) on its next training batch where `when`, else NaN; one compiled copy for both.
+        if not full:
+            return {}
+        nan = {"hessian_top": jnp.nan, "hessian_trace": jnp.nan, "hessian_trace_layers": jnp.full((depth,), jnp.nan)}
+        nan = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), nan)
+
+        def one(args):
+            state, w = args
+            idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
+            key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
+            measure = lambda: curvature(graphdef, state.params, state.batch_stats, x_train[idx], y_train[idx], key)  # noqa: E731
+            return jax.lax.cond(w, measure, lambda: nan)
+
+        return jax.lax.map(one, (states, when))
+
     def run_chunk(state, x_train, y_train, data_key, test, n_steps):
-        # One run's chunk with its evaluations: at the start (only at step 0, else zeros) and at the end.
+        # One run's chunk with its evaluations (and, full tier, curvature): at the start (only at
+        # step 0, else zeros/NaN) and at the end (curvature on instrument_every multiples and the last step).
         skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_batches, state, *test))
         first = jax.lax.cond(state.step == 0, lambda: eval_batches(state, *test), lambda: skipped)
+        start = state
         state, stats = train_chunk(state, x_train, y_train, data_key, n_steps)
-        return state, stats, first, eval_batches(state, *test)
+        at = (state.step % cfg.instrument_every == 0) | (state.step == cfg.steps)
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), start, state)
+        curv = curvatures(both, x_train, y_train, data_key, jnp.stack([start.step == 0, at & ~state.halted]))
+        first_curv = jax.tree.map(lambda a: a[0], curv)
+        last_curv = jax.tree.map(lambda a: a[1], curv)
+        return state, stats, (first, first_curv), (eval_batches(state, *test), last_curv)
 
     @functools.lru_cache(maxsize=16)
     def group_chunk(n_steps: int, mesh):
@@ -247,7 +314,10 @@ def init_state(
     model = models.build(cfg, input_shape, num_classes)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     prog = program(cfg, graphdef, models.hidden_shape(cfg, input_shape))
-    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool))
+    anchor = ()
+    if instruments.tier_at_least(cfg.instruments, "standard"):
+        anchor = tuple(jnp.array(k) for k in models.layer_kernels(nnx.to_pure_dict(params)))
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool), anchor)
     return prog, state
 
 
@@ -307,6 +377,8 @@ def chunk_end(done: int, cfg: RunConfig) -> int:
     checkpoint_every, or the last step. Boundaries are absolute, so a resumed run cuts its
     steps exactly where an uninterrupted one does."""
     ends = [cfg.steps, (done // cfg.eval_every + 1) * cfg.eval_every]
+    if instruments.tier_at_least(cfg.instruments, "full"):
+        ends.append((done // cfg.instrument_every + 1) * cfg.instrument_every)
     if cfg.checkpoint_every:
         ends.append((done // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
     return min(ends)
@@ -378,11 +450,49 @@ def _row(cfg: RunConfig, dataset: Dataset, p: dict[str, Any], wall_time_s: float
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
         "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
         **_theory(cfg, dataset),
+        **_instrument_fields(cfg, dataset, init_stats, last_stats, p.get("curvature", [])),
         "history": p["history"],
         "loss_history": p["loss_history"],
         "num_classes": dataset.num_classes,
         "wall_time_s": round(wall_time_s, 3),
     }
+
+
+def _instrument_fields(cfg: RunConfig, dataset: Dataset, init_stats, last_stats, curvature) -> dict[str, Any]:
+    """The instruments of `cfg.instruments` at initialization and at the end (see `decay.instruments`)."""
+    out: dict[str, Any] = {"instruments": cfg.instruments}
+    if not instruments.tier_at_least(cfg.instruments, "standard"):
+        return out
+    for key in (*instruments.STANDARD_KEYS, *instruments.PER_SAMPLE_KEYS):
+        if key in init_stats:
+            init, last = init_stats[key], last_stats[key]
+            out[f"{key}_init"] = _to_list(init) if init.size > 1 or key != "b_simple" else metrics_lib.clean(init.item())
+            out[f"{key}_final"] = _to_list(last) if last.size > 1 or key != "b_simple" else metrics_lib.clean(last.item())
+    q_star = c_star = None
+    if cfg.model == "mlp" and cfg.norm == "none" and not cfg.residual:
+        q_in, fan_in = theory.input_q(dataset.x_train)
+        _, wv, bv = theory.config_variances(cfg, fan_in)
+        fp = _fixed_point_cached(cfg.activation, wv, bv or 0.0)
+        q_star, c_star = metrics_lib.clean(fp.q_star), metrics_lib.clean(fp.c_star)
+    out["q_star_theory"], out["c_star_theory"] = q_star, c_star
+    if instruments.tier_at_least(cfg.instruments, "full"):
+        out["curvature"] = curvature
+        for key in ("hessian_top", "hessian_trace"):
+            out[f"{key}_init"] = curvature[0][key][0] if curvature and curvature[0]["step"] == 0 else None
+            out[f"{key}_final"] = curvature[-1][key][0] if curvature else None
+        out["hessian_trace_layers_init"] = (
+            curvature[0]["hessian_trace_layers"] if curvature and curvature[0]["step"] == 0 else None
+        )
+        out["hessian_trace_layers_final"] = curvature[-1]["hessian_trace_layers"] if curvature else None
+        # SGD is stable on a quadratic while lr * lambda_max < 2; heavy-ball momentum beta: < 2 + 2 beta.
+        threshold = {"sgd": 2.0, "momentum": 3.8}.get(cfg.optimizer)
+        out["edge_of_stability"] = None if threshold is None else threshold / cfg.learning_rate
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_point_cached(activation: str, weight_var: float, bias_var: float):
+    return theory.fixed_point(activation, weight_var, bias_var)
 
 
 class _Run:
@@ -437,6 +547,8 @@ class _Run:
         self.record_eval(*evaluate(self.prog, self.state, x_test, y_test))
         p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": p["test_accuracy"]}]
         init = jax.device_get(self.prog.measure(self.state, x_train, y_train, self.data_key))
+        curv = {k: init.pop(k) for k in instruments.CURVATURE_KEYS if k in init}
+        self.record_curvature(0, curv)
         p["init_stats"] = p["last_stats"] = _stats_to_json(init)
         p["recent_losses"] = [float(init["loss"])]
         p["loss_history"] = [[0, metrics_lib.clean(init["loss"])]]
@@ -445,14 +557,29 @@ class _Run:
             self.writer.write_steps(np.array([0]), {k: np.asarray(v)[None] for k, v in init.items()})
         self.save_checkpoint(self.state)
 
-    def absorb(self, chunk: dict[str, np.ndarray], n: int, first_eval, last_eval, n_test: int, state_now) -> float:
-        """Takes in a chunk of `n` steps and its evaluations; returns its last finite loss.
+    def record_curvature(self, step: int, curv: dict[str, np.ndarray]) -> None:
+        """Keeps the full tier's curvature measured at `step` (NaN where it was not measured)."""
+        if not curv or not np.isfinite(curv["hessian_top"]):
+            return
+        entry = {"step": step, **_stats_to_json({k: np.asarray(v) for k, v in curv.items()})}
+        self.p.setdefault("curvature", []).append(entry)
+        if self.writer:
+            self.writer.write_scalars(
+                step, {"hessian/top_eigenvalue": curv["hessian_top"], "hessian/trace": curv["hessian_trace"]}
+            )
+            self.writer.write_steps(np.array([step]), {"hessian_trace_layers": np.asarray(curv["hessian_trace_layers"])[None]})
 
+    def absorb(self, chunk: dict[str, np.ndarray], n: int, first, last, n_test: int, state_now) -> float:
+        """Takes in a chunk of `n` steps, its evaluations and curvature; returns its last finite loss.
+
+        `first`, `last`: (per-example test losses and hits, curvature) at the chunk's start and end.
         `state_now()` gives this run's state at the chunk's end, fetched only to checkpoint.
         """
         p, cfg = self.p, self.cfg
         done = p["done"]
+        (first_eval, first_curv), (last_eval, last_curv) = first, last
         if done == 0:  # step 0: the initial evaluation, and the initial state's checkpoint
+            self.record_curvature(0, first_curv)
             self.record_eval(*_eval_result(*first_eval, n_test))
             p["history"] = [{"step": 0, "train_loss": None, "test_loss": p["test_loss"], "test_accuracy": p["test_accuracy"]}]
             self.save_checkpoint(self.state)
@@ -472,6 +599,8 @@ class _Run:
         if self.writer:
             self.writer.write_steps(steps[keep], {k: v[steps[keep] - done] for k, v in chunk.items()})
         p["done"] = done + n
+        if not bad.size:
+            self.record_curvature(p["done"], last_curv)
         if bad.size:
             p["diverged_at"] = done + good
             self.save_checkpoint(state_now())
@@ -567,15 +696,15 @@ def train_runs(
             cfg = group[0].cfg
             now = group[0].p["done"]
             n = chunk_end(now, cfg) - now
-            states, chunk, first_eval, last_eval = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, test)
+            states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, test)
             # One transfer for every per-layer value and evaluation of every run of the chunk.
-            chunk, first_eval, last_eval = jax.device_get((chunk, first_eval, last_eval))
+            chunk, first, last_ = jax.device_get((chunk, first, last_))
             host = _HostStates(states)
             last = math.nan
             for i, run in enumerate(group):
                 if run.active:
                     pick = functools.partial(_index, i=i)
-                    last = run.absorb(pick(chunk), n, pick(first_eval), pick(last_eval), n_test, functools.partial(host.run, i))
+                    last = run.absorb(pick(chunk), n, pick(first), pick(last_), n_test, functools.partial(host.run, i))
             if on_progress is not None:
                 on_progress(RunProgress(group[0].p["done"], cfg.steps, last))
     return [r.finish() for r in runs]

@@ -46,6 +46,10 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every", 1000, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those."
 )
 _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept per run, besides step 0.")
+_INSTRUMENTS = flags.DEFINE_string(
+    "instruments", "standard", "basic | standard (+ q_l, c_l, dead units, distance from init) | full (+ per-sample, curvature)."
+)
+_INSTRUMENT_EVERY = flags.DEFINE_integer("instrument_every", 100, "Steps between the full tier's curvature measurements.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
 
 
@@ -144,6 +148,8 @@ def main(argv: list[str]) -> None:
         histograms=_HISTOGRAMS.value,
         checkpoint_every=_CHECKPOINT_EVERY.value,
         keep_checkpoints=_KEEP_CHECKPOINTS.value,
+        instruments=_INSTRUMENTS.value,
+        instrument_every=_INSTRUMENT_EVERY.value,
     )
     cfg = SweepConfig(
         base=base,

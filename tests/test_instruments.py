@@ -1,0 +1,233 @@
+"""Instruments beyond gradient norms, each against an exact answer on a tiny net."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from decay import analysis, instruments, models, sweep, train
+from decay.config import RunConfig, SweepConfig
+from tests.conftest import run_module, tiny_config
+
+
+def _batch(data, n=16):
+    return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
+
+
+def _stats(cfg, data, params=None, n=16):
+    prog, state = train.init_state(cfg, data)
+    params = state.params if params is None else params
+    x, y = _batch(data, n)
+    hidden = models.hidden_shape(cfg, data.x_train.shape[1:])
+    fn = jax.jit(
+        lambda p, bs: train._grads_and_stats(prog.graphdef, cfg.depth, hidden, p, bs, x, y, cfg.instruments, state.anchor)[2]
+    )
+    return prog, state, {k: np.asarray(v) for k, v in fn(params, state.batch_stats).items()}
+
+
+def _per_example_kernel_grads(prog, state, x, y):
+    """Each example's own loss gradient by vmap over the batch (no batchnorm): hidden kernels per layer, [B, ...]."""
+
+    def one(params, xi, yi):
+        logits, _, _ = train._apply(prog.graphdef, params, state.batch_stats, xi[None], None, True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).mean()
+
+    g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(state.params, x, y)
+    g = nnx.to_pure_dict(g)
+    stem, blocks = g["stem"]["linear"]["kernel"], g["blocks"]["layer"]["linear"]["kernel"]  # [B, in, out], [B, depth-1, w, w]
+    return [np.asarray(stem)] + [np.asarray(blocks[:, l]) for l in range(blocks.shape[1])]
+
+
+def test_per_sample_gradients_average_to_the_batch_gradient_and_match_vmap(tiny_data):
+    cfg = tiny_config(depth=3, width=8, instruments="full")
+    prog, state, s = _stats(cfg, tiny_data)
+    x, y = _batch(tiny_data)
+    per_example = _per_example_kernel_grads(prog, state, x, y)
+    batch = models.layer_kernels(
+        nnx.to_pure_dict(train.gradients(nnx.merge(prog.graphdef, state.params, state.batch_stats), x, y))
+    )
+    batch = [np.asarray(batch[0][0])] + [np.asarray(batch[1][l]) for l in range(batch[1].shape[0])]
+    for l, (g_i, g) in enumerate(zip(per_example, batch, strict=True)):
+        np.testing.assert_allclose(g_i.mean(axis=0), g, rtol=1e-4, atol=1e-7, err_msg=f"layer {l}")
+        norms = np.sqrt(np.sum(g_i.reshape(len(g_i), -1) ** 2, axis=1))
+        np.testing.assert_allclose(s["per_sample_grad_norm"][l], norms.mean(), rtol=1e-4)
+        trace = np.mean(np.sum((g_i - g_i.mean(axis=0)).reshape(len(g_i), -1) ** 2, axis=1))
+        np.testing.assert_allclose(s["b_simple_layers"][l], trace / np.sum(g**2), rtol=1e-3)
+        np.testing.assert_allclose(s["grad_snr"][l], np.sum(g**2) / trace, rtol=1e-3)
+
+
+def test_batchnorm_per_sample_contributions_sum_to_the_batch_gradient(tiny_data):
+    # The stem's input is the data, so its per-example terms g_i = B x_i (outer) dL/dh_0[i] are explicit.
+    cfg = tiny_config(depth=3, width=8, norm="batchnorm", instruments="full")
+    prog, state, s = _stats(cfg, tiny_data)
+    x, y = _batch(tiny_data)
+    probes = jnp.zeros((cfg.depth, x.shape[0], cfg.width))
+    grads, probe_grads = jax.grad(lambda p, pr: train._loss(prog.graphdef, p, pr, state.batch_stats, x, y)[0], argnums=(0, 1))(
+        state.params, probes
+    )
+    xf = np.asarray(x.reshape(x.shape[0], -1))
+    g_i = np.asarray(instruments.per_sample_kernel_grads(jnp.asarray(xf), probe_grads[0]))
+    stem = np.asarray(nnx.to_pure_dict(grads)["stem"]["linear"]["kernel"])
+    np.testing.assert_allclose(g_i.mean(axis=0), stem, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        s["per_sample_grad_norm"][0], np.sqrt(np.sum(g_i.reshape(len(g_i), -1) ** 2, axis=1)).mean(), rtol=1e-4
+    )
+
+
+def _exact_hessian(loss, params):
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat), np.float64)
+
+
+def _tiny_loss(data, norm="none"):
+    cfg = tiny_config(depth=2, width=4, norm=norm)
+    prog, state = train.init_state(cfg, data)
+    x, y = _batch(data)
+    return (lambda p: train._loss(prog.graphdef, p, None, state.batch_stats, x, y)[0]), state.params
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_hutchinson_trace_matches_the_exact_trace_within_its_error(tiny_data, norm):
+    import jax.flatten_util  # noqa: F401
+
+    loss, params = _tiny_loss(tiny_data, norm)
+    h = _exact_hessian(loss, params)
+    probes = 400
+    est, layers = jax.jit(lambda p, k: train.curvature_trace(loss, p, k, probes))(params, jax.random.key(3))
+    # Var(v^T H v) for Rademacher v is 2 * sum_{i != j} H_ij^2.
+    se = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / probes)
+    assert abs(float(est) - np.trace(h)) < 4 * se, (float(est), np.trace(h), se)
+    assert layers.shape == (2,)
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_power_iteration_finds_the_top_eigenvalue_of_the_exact_hessian(tiny_data, norm):
+    import jax.flatten_util  # noqa: F401
+
+    loss, params = _tiny_loss(tiny_data, norm)
+    top = np.linalg.eigvalsh(_exact_hessian(loss, params))[-1]
+    est = jax.jit(lambda p, k: instruments.top_eigenvalue(loss, p, k, iters=300))(params, jax.random.key(0))
+    np.testing.assert_allclose(float(est), top, rtol=1e-2)
+
+
+def test_power_iteration_returns_the_largest_eigenvalue_when_a_negative_one_dominates():
+    h = jnp.diag(jnp.array([-5.0, 1.0, 2.0]))
+    loss = lambda v: 0.5 * v["w"] @ h @ v["w"]  # noqa: E731
+    est = instruments.top_eigenvalue(loss, {"w": jnp.ones(3)}, jax.random.key(0), iters=200)
+    np.testing.assert_allclose(float(est), 2.0, rtol=1e-3)
+
+
+def test_c_tends_to_one_with_depth_for_tanh_in_the_ordered_phase(tiny_data):
+    from decay.data import load
+
+    data = load("synthetic", None, 0)
+    cfg = RunConfig(
+        depth=24, width=256, activation="tanh", weight_var=0.8, bias_var=0.1, dataset="synthetic", instruments="standard"
+    )
+    _, _, s = _stats(cfg, data, n=64)
+    c = s["c"]
+    assert c[0] < 0.5 < c[-1]
+    assert c[-1] > 0.99
+    assert np.all(np.diff(c[4:]) > -1e-3)  # non-decreasing after the first layers
+    row = train._instrument_fields(cfg, data, {}, {}, [])
+    assert row["c_star_theory"] == pytest.approx(1.0)
+
+
+def test_dead_fraction_is_one_for_a_relu_layer_with_negative_bias_and_zero_weights(tiny_data):
+    cfg = tiny_config(activation="relu", instruments="standard")
+    prog, state = train.init_state(cfg, tiny_data)
+    p = nnx.to_pure_dict(state.params)
+    p["stem"]["linear"]["kernel"] = jnp.zeros_like(p["stem"]["linear"]["kernel"])
+    p["stem"]["linear"]["bias"] = -jnp.ones_like(p["stem"]["linear"]["bias"])
+    params = state.params
+    nnx.replace_by_pure_dict(params, p)
+    _, _, s = _stats(cfg, tiny_data, params)
+    assert s["dead_fraction"][0] == 1.0
+    assert s["q"][0] == pytest.approx(1.0)  # h = -1 everywhere
+    _, _, healthy = _stats(cfg, tiny_data)
+    assert healthy["dead_fraction"][0] < 1.0
+    _, _, tanh = _stats(tiny_config(activation="tanh", instruments="standard"), tiny_data)
+    assert np.all(np.isnan(tanh["dead_fraction"]))
+
+
+def test_distance_from_init_is_zero_at_init_and_matches_the_checkpoints(tiny_data, tmp_path):
+    cfg = tiny_config(instruments="standard", steps=6)
+    row = train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    assert row["distance_init"] == [0.0] * cfg.depth
+    assert all(d > 0 for d in row["distance_final"])
+    run = analysis.load_run(str(tmp_path))
+    # The row's final distance is measured before the last update; the checkpoint holds the state after it.
+    np.testing.assert_allclose(analysis.distance_from_init(run), row["distance_final"], rtol=0.3)
+    assert analysis.distance_from_init(analysis.load_run(str(tmp_path), 0)).tolist() == [0.0] * cfg.depth
+
+
+def test_full_tier_sweep_writes_rows_tensorboard_and_figures(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("decay.data.load", lambda *a: tiny_data)
+    base = RunConfig(width=8, batch_size=16, steps=4, eval_every=2, instruments="full", instrument_every=2, dataset="synthetic")
+    cfg = SweepConfig(base=base, depths=(3,), activations=("relu",), norms=("none", "batchnorm"), seeds=1)
+    rows = sweep.run_sweep(cfg, str(tmp_path))
+    for r in rows:
+        for key in ("q", "c", "dead_fraction", "distance", "per_sample_grad_norm", "grad_snr", "b_simple_layers"):
+            assert len(r[f"{key}_init"]) == 3 and len(r[f"{key}_final"]) == 3, key
+        assert [c["step"] for c in r["curvature"]] == [0, 2, 4]
+        assert r["hessian_top_final"] == r["curvature"][-1]["hessian_top"][0]
+        assert r["edge_of_stability"] == pytest.approx(2 / base.learning_rate)
+    plots = os.listdir(tmp_path / "plots")
+    for name in ("instrument_q.png", "instrument_c.png", "instrument_dead_fraction.png", "instrument_hessian_top.png"):
+        assert name in plots
+    report = (tmp_path / "report.md").read_text()
+    assert "Instrument: hessian_top" in report
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb" / rows[0]["name"]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("q/layer_00", "c/layer_02", "dead_fraction/layer_01", "distance_from_init/layer_00", "grad_snr/layer_00"):
+        assert tag in tags
+    assert {"hessian/top_eigenvalue", "hessian/trace", "b_simple/all_layers", "hessian_trace/layer_00"} <= tags
+    assert [e.step for e in acc.Scalars("hessian/top_eigenvalue")] == [0, 2, 4]
+
+
+def test_analysis_functions_on_a_reopened_checkpoint(tiny_data, tmp_path):
+    cfg = tiny_config(activation="relu", instruments="basic", steps=4)
+    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    run = analysis.load_run(str(tmp_path))
+    x, y = _batch(tiny_data)
+    stats = analysis.activation_stats(run, x, y)
+    assert stats["q"].shape == (cfg.depth,) and stats["c_star"] == pytest.approx(1.0)
+    assert analysis.dead_units(run, x, y).shape == (cfg.depth,)
+    noise = analysis.gradient_noise(run, x, y)
+    assert noise["b_simple"] > 0
+    psg = analysis.per_sample_gradients(run, x, y)
+    assert jax.tree.leaves(psg)[0].shape[0] == x.shape[0]
+    top = analysis.hessian_top_eigenvalue(run, x, y)
+    trace = analysis.hessian_trace(run, x, y)
+    assert top > 0 and trace["layers"].shape == (cfg.depth,)
+    with pytest.raises(ValueError, match="gradient_noise"):
+        train.train_run(tiny_config(norm="batchnorm", steps=1), tiny_data, run_dir=str(tmp_path / "bn"))
+        analysis.per_sample_gradients(analysis.load_run(str(tmp_path / "bn")), x, y)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--instruments=most"], "error: --instruments='most' is unknown; allowed: basic, standard, full"),
+        (["--instrument_every=0"], "error: --instrument_every=0; must be an integer >= 1"),
+    ],
+)
+def test_bad_instrument_flags_are_one_line(tmp_path, args, expected):
+    out = run_module("experiments.depth_sweep", f"--workdir={tmp_path}", *args)
+    assert out.returncode == 2
+    assert out.stderr.strip() == expected
+
+
+def test_results_rows_are_strict_json(tiny_data):
+    row = train.train_run(tiny_config(activation="tanh", instruments="full", steps=2, instrument_every=1), tiny_data)
+    json.loads(json.dumps(row, allow_nan=False))  # NaN dead fractions of tanh become null
