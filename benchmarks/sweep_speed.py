@@ -10,6 +10,7 @@ the figure says so). Parts:
   e2e         the grid (depths 4,16,32 x tanh,relu x none,batchnorm x 2 seeds, width 128, batch
               128, 300 steps, synthetic data, SGD lr 0.02), end to end: `python -m
               experiments.depth_sweep` (TensorBoard, checkpoints, report and figures included)
+              at `--instruments=basic` (the same per-layer gradient norms the reference reads),
               with an empty compilation cache ("cold") and with one filled by an earlier run
               ("warm"), against `python -m benchmarks.torch_reference` (same nets, inits, batch,
               steps and evaluations; per-layer gradient norms read every step)
@@ -227,6 +228,7 @@ def part_e2e(repeats: int) -> dict:
         "experiments.depth_sweep",
         *GRID,
         *COMMON,
+        "--instruments=basic",
         "--quiet",
         f"--workdir={warm_cache}/fill",
         f"--compilation_cache={warm_cache}/jax",
@@ -235,7 +237,7 @@ def part_e2e(repeats: int) -> dict:
     torch_runs = None
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="decay-bench-") as tmp:
-            sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, "--quiet"]
+            sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, "--instruments=basic", "--quiet"]
             wall, _ = _python(*sweep, f"--workdir={tmp}/cold", f"--compilation_cache={tmp}/cache")
             times["decay_cold"].append(wall)
             wall, _ = _python(*sweep, f"--workdir={tmp}/warm", f"--compilation_cache={warm_cache}/jax")

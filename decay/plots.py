@@ -513,8 +513,8 @@ def _instrument_label(key: tuple) -> str:
 
 
 INSTRUMENT_PLOTS = {  # row key prefix -> (y label, log scale)
-    "q": ("q_l = mean h_l^2 (dashed grey: theory q*)", True),
-    "c": ("c_l = mean cos(h_l[i], h_l[j]) (dashed grey: theory c*)", False),
+    "q": ("q_l = mean h_l^2 (dotted grey: theory q*)", True),
+    "c": ("c_l = mean cos(h_l[i], h_l[j]) (dotted grey: theory c*)", False),
     "dead_fraction": ("fraction of dead units", False),
     "distance": ("||W_l - W_l(0)|| / ||W_l(0)||", True),
     "per_sample_grad_norm": ("mean per-sample ||g_i||", True),
@@ -531,16 +531,28 @@ def instrument_profiles(rows: Sequence[Row], key: str) -> Any:
     depth = max(r["depth"] for r in rows)
     rows = [r for r in rows if r["depth"] == depth]
     configs = list(dict.fromkeys(_instrument_key(r) for r in rows))
+    acts = list(dict.fromkeys(c[0] for c in configs))
+    others = list(dict.fromkeys(c[1:] for c in configs))
     fig, axes = plt.subplots(
-        1, len(configs), figsize=(3.6 * len(configs) + 1, 3.8), squeeze=False, sharey=True, layout="constrained"
+        len(acts),
+        len(others),
+        figsize=(3.6 * len(others) + 1, 3.0 * len(acts) + 0.6),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
-    for ax, cfg in zip(axes[0], configs, strict=True):
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for cfg in configs:
+        ax = axes[acts.index(cfg[0]), others.index(cfg[1:])]
+        ax.set_visible(True)
         cfg_rows = [r for r in rows if _instrument_key(r) == cfg]
         for suffix, style, label in (("init", "-", "initialization"), ("final", "--", "end of training")):
             values = [as_float_array(r.get(f"{key}_{suffix}")) for r in cfg_rows if r.get(f"{key}_{suffix}") is not None]
             if not values:
                 continue
-            med = np.nanmedian(np.stack(values), axis=0) if np.isfinite(np.stack(values)).any() else np.stack(values)[0]
+            stacked = np.stack(values)
+            med = np.nanmedian(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
             ax.plot(np.arange(len(med)), med, style, marker="o", ms=2.5, color="C0" if suffix == "init" else "C3", label=label)
         star = {"q": "q_star_theory", "c": "c_star_theory"}.get(key)
         if star and cfg_rows[0].get(star) is not None:
@@ -550,7 +562,8 @@ def instrument_profiles(rows: Sequence[Row], key: str) -> Any:
         ax.set_title(_instrument_label(cfg), fontsize=9)
         ax.set_xlabel("layer l  (0 = input side)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
+    for row in axes:
+        row[0].set_ylabel(ylabel, fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{ylabel} at depth {depth}, median over seeds")
     return fig
