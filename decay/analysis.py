@@ -137,7 +137,7 @@ def _extreme_singular_values(rep, xi: jax.Array, out_dim: int, in_dim: int, k: i
 
 
 def _instrument_stats(run: LoadedRun, x: jax.Array, y: jax.Array, tier: str) -> dict[str, np.ndarray]:
-    """The train step's statistics of `tier` on (x, y) (batchnorm in training mode), distance against step 0."""
+    """The train step's statistics of `tier` on (x, y), batchnorm in training mode (its distance is a placeholder)."""
     hidden = models.hidden_shape(run.config, run.input_shape)
     anchor = tuple(jnp.zeros_like(k) + 1.0 for k in models.layer_kernels(nnx.to_pure_dict(run.params)))
 
@@ -148,7 +148,10 @@ def _instrument_stats(run: LoadedRun, x: jax.Array, y: jax.Array, tier: str) -> 
 
 
 def activation_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, Any]:
-    """Per layer: q_l (mean squared pre-activation) and c_l (mean pairwise cosine across the batch), with the theory's q*, c*."""
+    """Per layer: q_l and c_l of the linear output h_l (before any norm), with the theory's q*, c* (plain mlp).
+
+    q_l is the mean of h_l^2, c_l the mean pairwise cosine of h_l across the batch (decay.instruments).
+    """
     s = _instrument_stats(run, x, y, "standard")
     row = train._instrument_fields(dataclasses.replace(run.config, instruments="standard"), _FakeData(run), {}, {}, [])
     return {"q": s["q"], "c": s["c"], "q_star": row.get("q_star_theory"), "c_star": row.get("c_star_theory")}

@@ -12,7 +12,9 @@ activation's input, i.e. h_l after the norm):
   c_l               mean over pairs i != j of cos(h_l[i], h_l[j]) = (||sum_i u_i||^2 - B) / (B (B - 1)),
                     u_i = h_l[i] / ||h_l[i]|| (the mean-field c; O(B x width), no B x B matrix)
   dead_fraction_l   fraction of units with z_l <= 0 for every example of the batch (ReLU-like
-                    activations only: relu, leaky_relu, elu, gelu, swish; NaN for others)
+                    activations only: relu, leaky_relu, elu, gelu, swish; NaN for others). For
+                    relu this is a unit with zero output and zero gradient; leaky_relu, elu, gelu
+                    and swish still pass some gradient there: "dead" means "in the negative regime"
   distance_l        ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F
   per-sample        g_i = B x_l[i] (outer) dL/dh_l[i], the example's term of the chain rule
                     dL/dW_l = sum_i x_l[i] (outer) dL/dh_l[i]; their mean is the batch gradient
@@ -114,7 +116,7 @@ def hvp(loss: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
     return jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
-def _power(matvec: Callable[[Any], Any], v: Any, iters: int) -> jax.Array:
+def _power(matvec: Callable[[Any], Any], v: Any, iters) -> jax.Array:
     def normalize(v):
         n = jnp.sqrt(_tree_dot(v, v))
         return jax.tree.map(lambda a: a / jnp.where(n > 0, n, 1.0), v)
@@ -127,19 +129,24 @@ def top_eigenvalue(loss: Callable[[Any], jax.Array], params: Any, key: jax.Array
     """The largest (most positive) Hessian eigenvalue by power iteration on Hessian-vector products.
 
     Power iteration finds the eigenvalue of largest magnitude; when that one is negative, a
-    second run on H - lambda I (whose largest-magnitude eigenvalue is lambda_max - lambda) gives lambda_max.
+    second run on H - lambda I (whose largest-magnitude eigenvalue is lambda_max - lambda) gives
+    lambda_max. That run converges at the rate (lambda_2 - lambda) / (lambda_max - lambda), slowly
+    when |lambda| >> lambda_max, so it gets 3 x `iters` iterations; even so its result can be low then.
     """
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     v = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves, strict=True)])
     matvec = lambda u: hvp(loss, params, u)  # noqa: E731
 
-    def run(shift):
-        return shift + _power(lambda u: jax.tree.map(lambda a, b: a - shift * b, matvec(u), u), v, iters)
+    def run(shift, n):
+        return shift + _power(lambda u: jax.tree.map(lambda a, b: a - shift * b, matvec(u), u), v, n)
 
     def body(i, lam):
         # Pass 0 plain; pass 1 shifted, only when pass 0 found a negative eigenvalue (one compiled copy of the loop).
-        return jax.lax.cond((i == 0) | (lam < 0), lambda: run(jnp.where(i == 0, 0.0, lam)), lambda: lam)
+        first = i == 0
+        return jax.lax.cond(
+            first | (lam < 0), lambda: run(jnp.where(first, 0.0, lam), jnp.where(first, iters, 3 * iters)), lambda: lam
+        )
 
     return jax.lax.fori_loop(0, 2, body, jnp.zeros((), jnp.float32))
 

@@ -587,11 +587,11 @@ def edge_of_stability(rows: Sequence[Row]) -> Any:
             ax.plot([], [], "o", color=f"C{i % 10}", label=_instrument_label(cfg))
         eos = next((r.get("edge_of_stability") for r in rows if r.get("edge_of_stability")), None)
         if eos:
-            ax.axhline(eos, color="black", ls="--", lw=1, label=f"2 / learning rate = {eos:g}")
+            ax.axhline(eos, color="black", ls="--", lw=1, label=f"edge of stability = {eos:g}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("depth")
-        ax.set_title("at initialization" if suffix == "init" else "at the end (x: diverged, last finite point)")
+        ax.set_title("at initialization" if suffix == "init" else "at the end (x: diverged; its last measurement before)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top Hessian eigenvalue (power iteration)")
     axes[1].legend(fontsize=7, loc="best")

@@ -522,6 +522,12 @@ def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_wei
     alpha = residual_scale
 
     q = stem_wv * q_in + bias_var
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # log 0 = -inf: a vanished signal
+        return _recursion(moments, q, weight_var, bias_var, depth, alpha)
+
+
+def _recursion(moments, q, weight_var, bias_var, depth, alpha):
+    """The layer-by-layer part of `_profile_terms`, in NumPy float64."""
     m, big_q, dd = moments(q)
     log_a = [np.log(dd)]
     log_pass = [np.log(weight_var * dd)]  # the stem's: unused (nothing below it is measured)

@@ -694,7 +694,7 @@ def train_runs(
         data_keys = devices.shard_runs(jnp.stack([r.data_key for r in padded]), mesh)
         while any(r.active for r in group):
             cfg = group[0].cfg
-            now = group[0].p["done"]
+            now = next(r for r in group if r.active).p["done"]  # a diverged run's step no longer moves
             n = chunk_end(now, cfg) - now
             states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, test)
             # One transfer for every per-layer value and evaluation of every run of the chunk.
@@ -706,7 +706,7 @@ def train_runs(
                     pick = functools.partial(_index, i=i)
                     last = run.absorb(pick(chunk), n, pick(first), pick(last_), n_test, functools.partial(host.run, i))
             if on_progress is not None:
-                on_progress(RunProgress(group[0].p["done"], cfg.steps, last))
+                on_progress(RunProgress(now + n, cfg.steps, last))
     return [r.finish() for r in runs]
 
 

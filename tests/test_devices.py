@@ -87,3 +87,15 @@ def test_interrupted_group_resumes_to_the_same_rows(tiny_data, tmp_path, monkeyp
         sweep.run_sweep(cfg, str(tmp_path / "killed"), on_progress=stop_at_4, write_report=False)
     resumed = sweep.run_sweep(cfg, str(tmp_path / "killed"), write_report=False)
     assert without_wall_time(resumed) == without_wall_time(clean)
+
+
+def test_a_run_diverging_in_its_group_leaves_the_others_as_if_alone(tiny_data):
+    # steps not a multiple of eval_every: the chunks differ in length, so the group's step must
+    # come from a run that is still training.
+    kw = dict(norm="none", activation="relu", steps=7, eval_every=3)
+    cfgs = [tiny_config(seed=0, weight_var=1e10, **kw), tiny_config(seed=1, **kw)]  # the first diverges at step 2
+    together = train.train_runs(cfgs, tiny_data)
+    assert together[0]["diverged"] and not together[1]["diverged"]
+    alone = train.train_run(cfgs[1], tiny_data)
+    assert without_wall_time([together[1]]) == without_wall_time([alone])
+    assert [h["step"] for h in together[1]["history"]] == [0, 3, 6, 7]
