@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks._timing import interleaved
 from decay import train
 from decay.config import RunConfig
 from decay.data import load
@@ -66,14 +66,8 @@ def main(argv: list[str]) -> None:
         "full/step": lambda: prog_f.train_chunk(state_f, x, y, key, n_steps=n),
         "curvature": lambda: curv(state_f),
     }
-    for fn in variants.values():  # compile and warm up
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(_REPEATS.value):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append((time.perf_counter() - t0) / (1 if name == "curvature" else n))
+    per_call = interleaved(variants, _REPEATS.value)
+    times = {k: [t / (1 if k == "curvature" else n) for t in v] for k, v in per_call.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     med["full"] = med["full/step"] + med["curvature"] / _EVERY.value
     print(

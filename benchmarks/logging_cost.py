@@ -17,13 +17,13 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks._timing import interleaved
 from decay import train
 from decay.config import RunConfig
 from decay.data import load
@@ -65,14 +65,7 @@ def measure(cfg: RunConfig, steps: int, repeats: int) -> dict:
         writer.write_steps(np.arange(n), chunk)
 
     variants = {"bare": bare, "stats": stats, "logged": logged}
-    for fn in variants.values():  # compile and warm up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) / n)
+    times = {k: [t / n for t in v] for k, v in interleaved(variants, repeats).items()}
     writer.close()
     shutil.rmtree(log_dir, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}

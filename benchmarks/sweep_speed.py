@@ -86,7 +86,6 @@ def child_compile() -> dict:
     """Compile seconds of each grid config's group executable (the sweep's real training program)."""
     jax = _setup()
     import jax.numpy as jnp
-    import numpy as np
 
     from decay import devices, train
     from decay.config import RunConfig
@@ -103,7 +102,7 @@ def child_compile() -> dict:
                 cfg = RunConfig(width=128, depth=depth, activation=act, norm=norm, dataset="synthetic", batch_size=128)
                 prog, state = train.init_state(cfg, data)
                 n = mesh.size
-                states = devices.shard_runs(jax.tree.map(lambda *a: np.stack(a), *[jax.device_get(state)] * n), mesh)
+                states = devices.stack_runs([jax.device_get(state)] * n, mesh)
                 keys = devices.shard_runs(jnp.stack([jax.random.key(0)] * n), mesh)
                 t0 = time.perf_counter()
                 lowered = prog.group_chunk(100, mesh).lower(states, x, y, keys, test)
@@ -117,7 +116,6 @@ def child_steady() -> dict:
     """ms per step at width 128, depth 32, batchnorm, tanh: one run alone, and per run with the devices shared."""
     jax = _setup()
     import jax.numpy as jnp
-    import numpy as np
 
     from decay import devices, train
     from decay.config import RunConfig
@@ -141,7 +139,7 @@ def child_steady() -> dict:
     fn = prog.group_chunk(n, mesh)
     shared = []
     for _ in range(4):
-        states = devices.shard_runs(jax.tree.map(lambda *a: np.stack(a), *[jax.device_get(state)] * runs), mesh)
+        states = devices.stack_runs([jax.device_get(state)] * runs, mesh)
         keys = devices.shard_runs(jnp.stack([key] * runs), mesh)
         t0 = time.perf_counter()
         jax.block_until_ready(fn(states, xs, ys, keys, test))

@@ -153,8 +153,8 @@ def activation_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, An
     q_l is the mean of h_l^2, c_l the mean pairwise cosine of h_l across the batch (decay.instruments).
     """
     s = _instrument_stats(run, x, y, "standard")
-    row = train._instrument_fields(dataclasses.replace(run.config, instruments="standard"), _FakeData(run), {}, {}, [])
-    return {"q": s["q"], "c": s["c"], "q_star": row.get("q_star_theory"), "c_star": row.get("c_star_theory")}
+    q_star, c_star = train.fixed_point_theory(run.config, int(np.prod(run.input_shape)))
+    return {"q": s["q"], "c": s["c"], "q_star": q_star, "c_star": c_star}
 
 
 def dead_units(run: LoadedRun, x: jax.Array, y: jax.Array) -> np.ndarray:
@@ -204,9 +204,7 @@ def per_sample_gradients(run: LoadedRun, x: jax.Array, y: jax.Array) -> nnx.Stat
 
 
 def _curvature_loss(run: LoadedRun, x: jax.Array, y: jax.Array):
-    graphdef, bs = run.program.graphdef, run.batch_stats
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    return lambda p: train._loss(graphdef, p, None, bs, x, y)[0]
+    return train.batch_loss(run.program.graphdef, run.batch_stats, jnp.asarray(x), jnp.asarray(y))
 
 
 def hessian_top_eigenvalue(
@@ -229,10 +227,3 @@ def hessian_trace(
     fn = jax.jit(lambda p, k: train.curvature_trace(loss, p, k, probes))
     total, layers = fn(run.params, jax.random.key(seed))
     return {"trace": float(total), "layers": np.asarray(layers)}
-
-
-class _FakeData:
-    """What `train._instrument_fields` reads of a dataset (for the theory's q*): inputs with unit mean square."""
-
-    def __init__(self, run: LoadedRun):
-        self.x_train = np.ones((1, *run.input_shape), np.float32)

@@ -54,6 +54,11 @@ def shard_runs(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(RUN_AXIS)))
 
 
+def stack_runs(trees: list, mesh: Mesh):
+    """Stacks runs' pytrees on a new leading run axis, on the host (no per-shape device programs), sharded over the mesh."""
+    return shard_runs(jax.tree.map(lambda *a: np.stack(a), *trees), mesh)
+
+
 def replicate(x, mesh: Mesh):
     """A copy of `x` on every device of the mesh."""
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))

@@ -119,12 +119,17 @@ def _grads_and_stats(graphdef, depth: int, hidden: tuple[int, ...], params, batc
     return grads, new_bs, stats
 
 
+def batch_loss(graphdef, batch_stats, x, y) -> Callable[[Any], jax.Array]:
+    """params -> the training loss on (x, y), batchnorm in training mode: the function the curvature instruments differentiate."""
+    return lambda params: _loss(graphdef, params, None, batch_stats, x, y)[0]
+
+
 def curvature(graphdef, params, batch_stats, x, y, key) -> dict[str, jax.Array]:
     """Top Hessian eigenvalue, Hutchinson trace and per-layer kernel-block traces of the batch loss.
 
     Batchnorm in training mode (the loss that is trained), batch statistics held as they come.
     """
-    loss = lambda p: _loss(graphdef, p, None, batch_stats, x, y)[0]  # noqa: E731
+    loss = batch_loss(graphdef, batch_stats, x, y)
     k_power, k_trace = jax.random.split(key)
     top = instruments.top_eigenvalue(loss, params, k_power)
     trace, per_layer = curvature_trace(loss, params, k_trace)
@@ -208,6 +213,12 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
 
         return jax.lax.scan(body, state, None, length=n_steps)
 
+    def next_batch_curvature(state, x_train, y_train, data_key):
+        # The full tier's curvature on the batch the next step trains on, its random probes keyed by the step.
+        idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
+        key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
+        return curvature(graphdef, state.params, state.batch_stats, x_train[idx], y_train[idx], key)
+
     def measure(state, x_train, y_train, data_key):
         idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
         x, y = x_train[idx], y_train[idx]
@@ -215,8 +226,7 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
             graphdef, depth, hidden, state.params, state.batch_stats, x, y, cfg.instruments, state.anchor
         )
         if instruments.tier_at_least(cfg.instruments, "full"):
-            key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
-            stats.update(curvature(graphdef, state.params, state.batch_stats, x, y, key))
+            stats.update(next_batch_curvature(state, x_train, y_train, data_key))
         return stats
 
     def eval_batch(params, batch_stats, x, y, mask):
@@ -243,10 +253,7 @@ def _make_program(cfg: RunConfig, graphdef, hidden: tuple[int, ...]) -> Program:
 
         def one(args):
             state, w = args
-            idx = batch_indices(data_key, state.step, x_train.shape[0], bsz)
-            key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
-            measure = lambda: curvature(graphdef, state.params, state.batch_stats, x_train[idx], y_train[idx], key)  # noqa: E731
-            return jax.lax.cond(w, measure, lambda: nan)
+            return jax.lax.cond(w, lambda: next_batch_curvature(state, x_train, y_train, data_key), lambda: nan)
 
         return jax.lax.map(one, (states, when))
 
@@ -458,32 +465,34 @@ def _row(cfg: RunConfig, dataset: Dataset, p: dict[str, Any], wall_time_s: float
     }
 
 
+def fixed_point_theory(cfg: RunConfig, fan_in: int) -> tuple[float | None, float | None]:
+    """The mean-field q* and c* of `cfg`'s hidden layers: a plain mlp only (no norm, no residual), else (None, None)."""
+    if cfg.model != "mlp" or cfg.norm != "none" or cfg.residual:
+        return None, None
+    _, wv, bv = theory.config_variances(cfg, fan_in)
+    fp = _fixed_point_cached(cfg.activation, wv, bv or 0.0)
+    return metrics_lib.clean(fp.q_star), metrics_lib.clean(fp.c_star)
+
+
 def _instrument_fields(cfg: RunConfig, dataset: Dataset, init_stats, last_stats, curvature) -> dict[str, Any]:
     """The instruments of `cfg.instruments` at initialization and at the end (see `decay.instruments`)."""
     out: dict[str, Any] = {"instruments": cfg.instruments}
     if not instruments.tier_at_least(cfg.instruments, "standard"):
         return out
     for key in (*instruments.STANDARD_KEYS, *instruments.PER_SAMPLE_KEYS):
-        if key in init_stats:
-            init, last = init_stats[key], last_stats[key]
-            out[f"{key}_init"] = _to_list(init) if init.size > 1 or key != "b_simple" else metrics_lib.clean(init.item())
-            out[f"{key}_final"] = _to_list(last) if last.size > 1 or key != "b_simple" else metrics_lib.clean(last.item())
-    q_star = c_star = None
-    if cfg.model == "mlp" and cfg.norm == "none" and not cfg.residual:
-        q_in, fan_in = theory.input_q(dataset.x_train)
-        _, wv, bv = theory.config_variances(cfg, fan_in)
-        fp = _fixed_point_cached(cfg.activation, wv, bv or 0.0)
-        q_star, c_star = metrics_lib.clean(fp.q_star), metrics_lib.clean(fp.c_star)
-    out["q_star_theory"], out["c_star_theory"] = q_star, c_star
+        for suffix, stats in (("init", init_stats), ("final", last_stats)):
+            if key in stats:  # per-layer lists; b_simple, over all layers, a number
+                out[f"{key}_{suffix}"] = metrics_lib.clean(stats[key].item()) if key == "b_simple" else _to_list(stats[key])
+    fan_in = int(np.prod(dataset.x_train.shape[1:]))
+    out["q_star_theory"], out["c_star_theory"] = fixed_point_theory(cfg, fan_in)
     if instruments.tier_at_least(cfg.instruments, "full"):
         out["curvature"] = curvature
-        for key in ("hessian_top", "hessian_trace"):
-            out[f"{key}_init"] = curvature[0][key][0] if curvature and curvature[0]["step"] == 0 else None
-            out[f"{key}_final"] = curvature[-1][key][0] if curvature else None
-        out["hessian_trace_layers_init"] = (
-            curvature[0]["hessian_trace_layers"] if curvature and curvature[0]["step"] == 0 else None
-        )
-        out["hessian_trace_layers_final"] = curvature[-1]["hessian_trace_layers"] if curvature else None
+        at_init = curvature[0] if curvature and curvature[0]["step"] == 0 else None
+        at_end = curvature[-1] if curvature else None
+        for key in instruments.CURVATURE_KEYS:  # entries are lists: one value, or one per layer
+            layers = key == "hessian_trace_layers"
+            out[f"{key}_init"] = None if at_init is None else at_init[key] if layers else at_init[key][0]
+            out[f"{key}_final"] = None if at_end is None else at_end[key] if layers else at_end[key][0]
         # SGD is stable on a quadratic while lr * lambda_max < 2; heavy-ball momentum beta: < 2 + 2 beta.
         threshold = {"sgd": 2.0, "momentum": 3.8}.get(cfg.optimizer)
         out["edge_of_stability"] = None if threshold is None else threshold / cfg.learning_rate
@@ -689,8 +698,7 @@ def train_runs(
             continue
         # Pad the run axis to a multiple of the device count with copies of the first run (discarded).
         padded = group + [group[0]] * (-len(group) % mesh.size)
-        # Stacked on the host (no per-shape device programs), then placed shard by shard.
-        states = devices.shard_runs(jax.tree.map(lambda *a: np.stack(a), *[r.state for r in padded]), mesh)
+        states = devices.stack_runs([r.state for r in padded], mesh)
         data_keys = devices.shard_runs(jnp.stack([r.data_key for r in padded]), mesh)
         while any(r.active for r in group):
             cfg = group[0].cfg
