@@ -25,7 +25,7 @@ from benchmarks._timing import interleaved
 from decay import train
 from decay.config import RunConfig
 from decay.data import load
-from experiments._cli import parse_flags
+from experiments._cli import check_benchmark_config, parse_flags
 
 _WIDTH = flags.DEFINE_integer("width", 128, "Units per hidden layer.")
 _DEPTH = flags.DEFINE_integer("depth", 32, "Hidden layers.")
@@ -48,6 +48,7 @@ def main(argv: list[str]) -> None:
         activation=_ACT.value,
         dataset="synthetic",
     )
+    check_benchmark_config(base, steps=_STEPS.value, repeats=_REPEATS.value, instrument_every=_EVERY.value)
     data = load("synthetic", None, 0)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)

@@ -28,7 +28,7 @@ from decay import train
 from decay.config import RunConfig
 from decay.data import load
 from decay.tensorboard_writer import RunWriter
-from experiments._cli import parse_flags
+from experiments._cli import check_benchmark_config, parse_flags
 
 _WIDTH = flags.DEFINE_integer("width", 128, "Units per hidden layer.")
 _DEPTH = flags.DEFINE_integer("depth", 32, "Hidden layers.")
@@ -89,6 +89,7 @@ def main(argv: list[str]) -> None:
         log_every=1,
         histograms=_HIST.value,
     )
+    check_benchmark_config(cfg, steps=_STEPS.value, repeats=_REPEATS.value)
     out = measure(cfg, _STEPS.value, _REPEATS.value)
     print(
         f"device: {jax.devices()[0].platform}  width {cfg.width}, depth {cfg.depth}, batch {cfg.batch_size}, "

@@ -34,10 +34,33 @@ def parse_flags(argv: list[str]) -> list[str]:
         logging.set_verbosity(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on a CPU machine
     if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
         fail(f"--cpu_devices={_CPU_DEVICES.value}; give an integer >= 1")
+    cache = _COMPILATION_CACHE.value
+    if cache:
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as e:
+            fail(f"--compilation_cache={cache} is not a usable folder ({e.strerror}); give a writable folder, or empty for none")
     from decay import devices  # imports JAX; it must be configured before its first computation
 
     devices.configure(_CPU_DEVICES.value, _COMPILATION_CACHE.value or None)
     return rest
+
+
+def check_benchmark_config(cfg, **counts: int) -> None:
+    """One-line exit for a benchmark's bad flags: the run config as a sweep would check it, and counts >= 1."""
+    from decay.config import ConfigError, SweepConfig, validate_sweep
+    from decay.layers import ACTIVATIONS, NORMS
+
+    for name, value in {"depth": cfg.depth, **counts}.items():
+        if value < 1:
+            fail(f"--{name}={value}; must be an integer >= 1")
+    for flag, value, registry in (("activation", cfg.activation, ACTIVATIONS), ("norm", cfg.norm, NORMS)):
+        if value not in registry:
+            fail(f"--{flag}={value!r} is unknown; allowed: {', '.join(registry.names())}")
+    try:
+        validate_sweep(SweepConfig(base=cfg, depths=(cfg.depth,), activations=(cfg.activation,), norms=(cfg.norm,), seeds=1))
+    except ConfigError as e:
+        fail(str(e))
 
 
 def fmt_time(seconds: float | None) -> str:
