@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks._timing import interleaved
-from decay import train
+from decay import program, step
 from decay.config import RunConfig
 from decay.data import load
 from experiments._cli import check_benchmark_config, parse_flags
@@ -53,12 +53,10 @@ def main(argv: list[str]) -> None:
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
     n = _STEPS.value
-    progs = {t: train.init_state(dataclasses.replace(base, instruments=t), data) for t in ("basic", "standard", "full")}
+    progs = {t: program.init_state(dataclasses.replace(base, instruments=t), data) for t in ("basic", "standard", "full")}
     prog_b, state_b = progs["basic"]
     prog_f, state_f = progs["full"]
-    curv = jax.jit(
-        lambda s: train.curvature(prog_f.graphdef, s.params, s.batch_stats, x[: base.batch_size], y[: base.batch_size], key)
-    )
+    curv = jax.jit(lambda s: step.curvature(prog_f.net, s.params, s.batch_stats, x[: base.batch_size], y[: base.batch_size], key))
 
     variants = {
         "bare": lambda: prog_b.bare_chunk(state_b, x, y, key, n_steps=n),

@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks._timing import interleaved
-from decay import train
+from decay import program
 from decay.config import RunConfig
 from decay.data import load
 from decay.tensorboard_writer import RunWriter
@@ -46,7 +46,7 @@ def measure(cfg: RunConfig, steps: int, repeats: int) -> dict:
     data = load(cfg.dataset, None, 0)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
-    prog, state = train.init_state(cfg, data)
+    prog, state = program.init_state(cfg, data)
     n = steps
     log_dir = tempfile.mkdtemp(prefix="decay-bench-")
     writer = RunWriter(log_dir, cfg.depth)
@@ -88,6 +88,7 @@ def main(argv: list[str]) -> None:
         dataset="synthetic",
         log_every=1,
         histograms=_HIST.value,
+        instruments="basic",
     )
     check_benchmark_config(cfg, steps=_STEPS.value, repeats=_REPEATS.value)
     out = measure(cfg, _STEPS.value, _REPEATS.value)

@@ -87,20 +87,22 @@ def child_compile() -> dict:
     jax = _setup()
     import jax.numpy as jnp
 
-    from decay import devices, train
+    from decay import devices, program
     from decay.config import RunConfig
     from decay.data import load
 
     data = load("synthetic", None, 0)
     mesh = devices.run_mesh()
     x, y = (devices.replicate(jnp.asarray(a), mesh) for a in (data.x_train, data.y_train))
-    test = devices.replicate(train.test_batches(data.x_test, data.y_test), mesh)
+    test = devices.replicate(program.test_batches(data.x_test, data.y_test), mesh)
     out = {}
     for depth in (4, 16, 32):
         for act in ("tanh", "relu"):
             for norm in ("none", "batchnorm"):
-                cfg = RunConfig(width=128, depth=depth, activation=act, norm=norm, dataset="synthetic", batch_size=128)
-                prog, state = train.init_state(cfg, data)
+                cfg = RunConfig(
+                    width=128, depth=depth, activation=act, norm=norm, dataset="synthetic", batch_size=128, instruments="basic"
+                )
+                prog, state = program.init_state(cfg, data)
                 n = mesh.size
                 states = devices.stack_runs([jax.device_get(state)] * n, mesh)
                 keys = devices.shard_runs(jnp.stack([jax.random.key(0)] * n), mesh)
@@ -117,13 +119,15 @@ def child_steady() -> dict:
     jax = _setup()
     import jax.numpy as jnp
 
-    from decay import devices, train
+    from decay import devices, program
     from decay.config import RunConfig
     from decay.data import load
 
     data = load("synthetic", None, 0)
-    cfg = RunConfig(width=128, depth=32, activation="tanh", norm="batchnorm", dataset="synthetic", batch_size=128)
-    prog, state = train.init_state(cfg, data)
+    cfg = RunConfig(
+        width=128, depth=32, activation="tanh", norm="batchnorm", dataset="synthetic", batch_size=128, instruments="basic"
+    )
+    prog, state = program.init_state(cfg, data)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
     n = 100
@@ -134,7 +138,7 @@ def child_steady() -> dict:
         single.append((time.perf_counter() - t0) / n)
     mesh = devices.run_mesh()
     xs, ys = (devices.replicate(a, mesh) for a in (x, y))
-    test = devices.replicate(train.test_batches(data.x_test, data.y_test), mesh)
+    test = devices.replicate(program.test_batches(data.x_test, data.y_test), mesh)
     runs = mesh.size
     fn = prog.group_chunk(n, mesh)
     shared = []
@@ -156,16 +160,16 @@ def child_first_step() -> dict:
     jax = _setup()
     import jax.numpy as jnp
 
-    from decay import train
+    from decay import program
     from decay.config import RunConfig
     from decay.data import load
 
     data = load("synthetic", None, 0)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     jax.block_until_ready(x)
-    cfg = RunConfig(width=128, depth=_DEPTH.value, activation="tanh", norm="batchnorm", dataset="synthetic")
+    cfg = RunConfig(width=128, depth=_DEPTH.value, activation="tanh", norm="batchnorm", dataset="synthetic", instruments="basic")
     t0 = time.perf_counter()
-    prog, state = train.init_state(cfg, data)
+    prog, state = program.init_state(cfg, data)
     jax.block_until_ready(state)
     t1 = time.perf_counter()
     jax.block_until_ready(prog.train_chunk(state, x, y, jax.random.key(0), n_steps=1))
@@ -177,13 +181,15 @@ def child_flops() -> dict:
     jax = _setup()
     import jax.numpy as jnp
 
-    from decay import train
+    from decay import program
     from decay.config import RunConfig
     from decay.data import load
 
     data = load("synthetic", None, 0)
-    cfg = RunConfig(width=1024, depth=8, batch_size=1024, activation="tanh", norm="none", dataset="synthetic")
-    prog, state = train.init_state(cfg, data)
+    cfg = RunConfig(
+        width=1024, depth=8, batch_size=1024, activation="tanh", norm="none", dataset="synthetic", instruments="basic"
+    )
+    prog, state = program.init_state(cfg, data)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
     n = 10

@@ -10,13 +10,15 @@ _LAZY = {
     "analysis": ("decay.analysis", None),
     "LoadedRun": ("decay.analysis", "LoadedRun"),
     "load_run": ("decay.analysis", "load_run"),
-    "ConfigError": ("decay.config", "ConfigError"),
+    "ConfigError": ("decay.errors", "ConfigError"),
     "RunConfig": ("decay.config", "RunConfig"),
     "SweepConfig": ("decay.config", "SweepConfig"),
-    "run_sweep": ("decay.sweep", "run_sweep"),
-    "gradients": ("decay.train", "gradients"),
-    "train_run": ("decay.train", "train_run"),
-    "train_runs": ("decay.train", "train_runs"),
+    "run_sweep": ("decay.studies.depth_sweep", "run_sweep"),
+    "gradients": ("decay.step", "gradients"),
+    "train_run": ("decay.loop", "train_run"),
+    "train_runs": ("decay.loop", "train_runs"),
+    "FIELDS": ("decay.row", "FIELDS"),
+    "Family": ("decay.family", "Family"),
 }
 
 __all__ = sorted(_LAZY)

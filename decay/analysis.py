@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from decay import checkpoints, instruments, models, train
+from decay import checkpoints, instruments, program, step, theory
 from decay.config import RunConfig
 
 
@@ -35,8 +35,8 @@ class LoadedRun:
     params: nnx.State
     batch_stats: nnx.State
     opt_state: Any
-    state: train.TrainState
-    program: train.Program
+    state: step.TrainState
+    program: program.Program
     available_steps: list[int]
 
 
@@ -47,7 +47,7 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
     the folder, its config or the checkpoint is missing, partial, corrupt or mismatched.
     """
     cfg, input_shape, num_classes = checkpoints.read_config(run_dir)
-    prog, template = train.init_state(cfg, input_shape=input_shape, num_classes=num_classes)
+    prog, template = program.init_state(cfg, input_shape=input_shape, num_classes=num_classes)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     state, _, _, step = checkpoints.restore(ckpt_dir, template, step)
     state = jax.tree.map(jnp.asarray, state)
@@ -70,23 +70,22 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
 
 def gradients(run: LoadedRun, x: jax.Array, y: jax.Array, train_mode: bool = True) -> nnx.State:
     """dL/dparams for the batch: a pytree shaped like `run.params` (batchnorm in training mode by default)."""
-    return train.gradients(nnx.merge(run.program.graphdef, run.params, run.batch_stats), x, y, train=train_mode)
+    return step.gradients(nnx.merge(run.program.graphdef, run.params, run.batch_stats), x, y, train=train_mode)
 
 
 def layer_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, np.ndarray]:
     """Per-layer grad_norms, signal_norms, act_rms, weight_norms and the loss on (x, y), as the train step computes them."""
-    hidden = models.hidden_shape(run.config, run.input_shape)
-    fn = jax.jit(lambda p, bs, x, y: train._grads_and_stats(run.program.graphdef, run.config.depth, hidden, p, bs, x, y)[2])
+    fn = jax.jit(lambda p, bs, x, y: step.grads_and_stats(run.program.net, p, bs, x, y)[2])
     return {k: np.asarray(v) for k, v in fn(run.params, run.batch_stats, x, y).items()}
 
 
 def _representation(run: LoadedRun):
     """x (one example, input shape) -> the last hidden layer's output, flattened; batchnorm in evaluation mode."""
-    graphdef, params, batch_stats = run.program.graphdef, run.params, run.batch_stats
+    net, params, batch_stats = run.program.net, run.params, run.batch_stats
 
     def rep(x_single):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        return models.last_hidden(model, x_single[None]).reshape(-1)
+        model = nnx.merge(net.graphdef, params, batch_stats, copy=True)
+        return net.family.representation(model, x_single[None]).reshape(-1)
 
     return rep
 
@@ -138,11 +137,11 @@ def _extreme_singular_values(rep, xi: jax.Array, out_dim: int, in_dim: int, k: i
 
 def _instrument_stats(run: LoadedRun, x: jax.Array, y: jax.Array, tier: str) -> dict[str, np.ndarray]:
     """The train step's statistics of `tier` on (x, y), batchnorm in training mode (its distance is a placeholder)."""
-    hidden = models.hidden_shape(run.config, run.input_shape)
-    anchor = tuple(jnp.zeros_like(k) + 1.0 for k in models.layer_kernels(nnx.to_pure_dict(run.params)))
+    net = run.program.net
+    anchor = tuple(jnp.zeros_like(k) + 1.0 for k in net.family.layer_kernels(nnx.to_pure_dict(run.params)))
 
     def fn(p, bs, x, y):
-        return train._grads_and_stats(run.program.graphdef, run.config.depth, hidden, p, bs, x, y, tier, anchor)[2]
+        return step.grads_and_stats(net, p, bs, x, y, tier, anchor)[2]
 
     return {k: np.asarray(v) for k, v in jax.jit(fn)(run.params, run.batch_stats, jnp.asarray(x), jnp.asarray(y)).items()}
 
@@ -153,7 +152,7 @@ def activation_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, An
     q_l is the mean of h_l^2, c_l the mean pairwise cosine of h_l across the batch (decay.instruments).
     """
     s = _instrument_stats(run, x, y, "standard")
-    q_star, c_star = train.fixed_point_theory(run.config, int(np.prod(run.input_shape)))
+    q_star, c_star = theory.fixed_point_of(run.config, int(np.prod(run.input_shape)))
     return {"q": s["q"], "c": s["c"], "q_star": q_star, "c_star": c_star}
 
 
@@ -168,8 +167,9 @@ def dead_units(run: LoadedRun, x: jax.Array, y: jax.Array) -> np.ndarray:
 def distance_from_init(run: LoadedRun) -> np.ndarray:
     """Per layer, ||W_l - W_l(0)|| / ||W_l(0)||, against the run's step-0 checkpoint."""
     start = load_run(run.run_dir, 0)
-    now = models.layer_kernels(nnx.to_pure_dict(run.params))
-    init = models.layer_kernels(nnx.to_pure_dict(start.params))
+    layer_kernels = run.program.net.family.layer_kernels
+    now = layer_kernels(nnx.to_pure_dict(run.params))
+    init = layer_kernels(nnx.to_pure_dict(start.params))
     return np.concatenate([np.asarray(instruments.distance(a, b)) for a, b in zip(now, init, strict=True)])
 
 
@@ -178,8 +178,8 @@ def gradient_noise(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, np.n
 
     Per-sample gradients as defined in `decay.instruments` (batchnorm nets included).
     """
-    if run.config.model != "mlp":
-        raise ValueError("per-sample gradient statistics cover dense (mlp) layers only")
+    if not run.program.net.family.per_sample:
+        raise ValueError(f"per-sample gradient statistics cover dense layers only; model {run.config.model!r} has none")
     s = _instrument_stats(run, x, y, "full")
     return {k: s[k] for k in instruments.PER_SAMPLE_KEYS}
 
@@ -196,7 +196,7 @@ def per_sample_gradients(run: LoadedRun, x: jax.Array, y: jax.Array) -> nnx.Stat
     graphdef = run.program.graphdef
 
     def one(params, xi, yi):
-        logits, _, _ = train._apply(graphdef, params, run.batch_stats, xi[None], None, False)
+        logits, _, _ = step.apply(graphdef, params, run.batch_stats, xi[None], None, False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).mean()
 
     fn = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
@@ -204,7 +204,7 @@ def per_sample_gradients(run: LoadedRun, x: jax.Array, y: jax.Array) -> nnx.Stat
 
 
 def _curvature_loss(run: LoadedRun, x: jax.Array, y: jax.Array):
-    return train.batch_loss(run.program.graphdef, run.batch_stats, jnp.asarray(x), jnp.asarray(y))
+    return step.batch_loss(run.program.graphdef, run.batch_stats, jnp.asarray(x), jnp.asarray(y))
 
 
 def hessian_top_eigenvalue(
@@ -224,6 +224,6 @@ def hessian_trace(
 ) -> dict[str, Any]:
     """Hutchinson's estimate of the loss Hessian's trace on (x, y), and of each hidden kernel block's trace."""
     loss = _curvature_loss(run, x, y)
-    fn = jax.jit(lambda p, k: train.curvature_trace(loss, p, k, probes))
+    fn = jax.jit(lambda p, k: step.curvature_trace(run.program.net.family, loss, p, k, probes))
     total, layers = fn(run.params, jax.random.key(seed))
     return {"trace": float(total), "layers": np.asarray(layers)}

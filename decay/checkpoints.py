@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from decay.config import ConfigError, RunConfig
+from decay.config import RunConfig
+from decay.errors import ConfigError
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:

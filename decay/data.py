@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from decay.config import ConfigError
+from decay.errors import ConfigError
 from decay.registry import Registry
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -23,9 +23,11 @@ from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib import transforms  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-Row = dict[str, Any]
 NORM_STYLES = {"none": "-", "batchnorm": "--", "layernorm": ":", "rmsnorm": "-."}
 ACT_COLORS = plt.get_cmap("tab10")
+
+if TYPE_CHECKING:
+    from decay.row import Row  # one results.jsonl line
 
 
 def as_float_array(values: Sequence[Any] | None) -> np.ndarray:

@@ -10,13 +10,14 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from decay import metrics, plots, results
 
-Row = dict[str, Any]
+if TYPE_CHECKING:
+    from decay.row import Row  # one results.jsonl line
 
 
 def _median(values: Sequence[Any]) -> float | None:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any
 
-from decay.config import ConfigError, dumps
+from decay.errors import ConfigError
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -37,19 +37,6 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e.msg})") from None
-
-
-def open_workdir(workdir: str, settings: dict[str, Any], what: str) -> None:
-    """Creates `workdir` and its `config.json` of `settings`; refuses a workdir that holds `what` made with other settings."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        write_atomic(config_path, dumps(settings))
-    elif read_json(config_path) != settings:
-        raise ConfigError(f"--workdir={workdir} holds {what} with other flags; use a new --workdir")
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

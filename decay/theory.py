@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from decay import metrics
+from decay import families, metrics
 from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, resolve_init
 
@@ -631,8 +631,9 @@ def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
     applies, both numbers are None and `theory` says why.
     """
     none = {"chi_theory": None, "signal_profile_theory": None}
-    if cfg.model != "mlp":
-        return {**none, "theory": "no theory: mean-field predictions here cover the mlp only"}
+    fam = families.of(cfg)
+    if fam.theory != "mean_field":
+        return {**none, "theory": fam.no_theory}
     if cfg.depth < 2:
         return {**none, "theory": "no theory: depth 1 has no per-layer factor"}
     alpha = cfg.residual_scale if cfg.residual else None
@@ -648,6 +649,21 @@ def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
         "signal_profile_theory": [metrics.clean(v) for v in np.sqrt(profile)],
         "theory": kind,
     }
+
+
+def fixed_point_of(cfg: RunConfig, fan_in: int) -> tuple[float | None, float | None]:
+    """The mean-field q* and c* of `cfg`'s hidden layers: a plain net of a family with mean-field theory
+    (no norm, no residual), else (None, None)."""
+    if families.of(cfg).theory != "mean_field" or cfg.norm != "none" or cfg.residual:
+        return None, None
+    _, wv, bv = config_variances(cfg, fan_in)
+    fp = _fixed_point_cached(cfg.activation, wv, bv or 0.0)
+    return metrics.clean(fp.q_star), metrics.clean(fp.c_star)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_point_cached(activation: str, weight_var: float, bias_var: float) -> FixedPoint:
+    return fixed_point(activation, weight_var, bias_var)
 
 
 def input_q(x_train: np.ndarray, limit: int = 256) -> tuple[np.ndarray, int]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from absl import flags, logging
+
+from decay.config import RunConfig  # light: imports no JAX
 
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "JAX devices on a CPU host: runs of a sweep train side by side, one per device; default one per core."
@@ -46,10 +50,43 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+_DEFINE = {"str": flags.DEFINE_string, "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}
+
+
+def define_run_flags(
+    only: Sequence[str] | None = None, skip: Sequence[str] = (), defaults: dict[str, Any] | None = None
+) -> dict[str, flags.FlagHolder]:
+    """absl flags for RunConfig's fields (all, or `only`, less `skip`): names, types, defaults and help from the dataclass.
+
+    `defaults` overrides a field's default (a study's own, e.g. None for "chosen by --quick").
+    Returns the flag holders by field name; `run_config` turns them into a RunConfig.
+    """
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    module = sys.argv[0] if caller == "__main__" else caller  # so that --helpshort lists them with the entry point's own
+    holders = {}
+    for f in dataclasses.fields(RunConfig):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        kind = str(f.type).replace(" | None", "")
+        default = (defaults or {}).get(f.name, f.default)
+        holders[f.name] = _DEFINE[kind](f.name, default, f.metadata["help"], module_name=module)
+    return holders
+
+
+def run_config(holders: dict[str, flags.FlagHolder], **overrides: Any) -> RunConfig:
+    """The RunConfig of the parsed flags in `holders` (flags left at None take the field's default), with `overrides`."""
+    values = {name: h.value for name, h in holders.items()}
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in values.items() if v is not None or fields[k].default is None}
+    return dataclasses.replace(RunConfig(), **{**values, **overrides})
+
+
 def check_benchmark_config(cfg, **counts: int) -> None:
     """One-line exit for a benchmark's bad flags: the run config as a sweep would check it, and counts >= 1."""
-    from decay.config import ConfigError, SweepConfig, validate_sweep
+    from decay.config import SweepConfig
+    from decay.errors import ConfigError
     from decay.layers import ACTIVATIONS, NORMS
+    from decay.validation import validate_sweep
 
     for name, value in {"depth": cfg.depth, **counts}.items():
         if value < 1:

@@ -18,38 +18,15 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
-from experiments._cli import fail, fmt_time, parse_flags
+from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
-_DATASET = flags.DEFINE_string("dataset", "digits", "digits (embedded), synthetic, mnist or cifar10 (local files).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the local files of --dataset=mnist|cifar10.")
-_MODEL = flags.DEFINE_string("model", "mlp", "mlp, cnn (deep conv net) or seed_cnn (the seed's example net).")
 _DEPTHS = flags.DEFINE_list("depths", ["2", "4", "8", "16", "32", "64"], "Hidden-layer counts to sweep.")
-_WIDTH = flags.DEFINE_integer("width", 128, "Units (mlp) or channels (cnn) per hidden layer.")
 _ACTIVATIONS = flags.DEFINE_list("activations", ["sigmoid", "tanh", "relu"], "Activations to sweep.")
 _NORMS = flags.DEFINE_list("norms", ["none", "batchnorm", "layernorm"], "Normalizations to sweep.")
-_INIT = flags.DEFINE_string("init", "auto", "Kernel init; auto = he_normal for ReLU-like, lecun_normal otherwise.")
-_WEIGHT_VAR = flags.DEFINE_float("weight_var", None, "sigma_w^2: W ~ N(0, weight_var/fan_in); overrides --init.")
-_BIAS_VAR = flags.DEFINE_float("bias_var", None, "sigma_b^2: b ~ N(0, bias_var); default zero biases.")
-_RESIDUAL = flags.DEFINE_bool("residual", False, "Layers 1..depth-1 compute h + residual_scale * layer(h).")
-_RESIDUAL_SCALE = flags.DEFINE_float("residual_scale", 1.0, "alpha of the residual branch.")
-_OPTIMIZER = flags.DEFINE_string("optimizer", "sgd", "sgd, momentum, adam or adamw.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "Constant learning rate.")
-_CLIP_NORM = flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm; default no clipping.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Examples per step.")
-_STEPS = flags.DEFINE_integer("steps", 300, "Training steps per run; 0 measures at initialization only.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per grid point (0..seeds-1).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evaluations.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard points.")
-_HISTOGRAMS = flags.DEFINE_bool("histograms", False, "Also log per-layer log10|gradient| histograms to TensorBoard.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer(
-    "checkpoint_every", 1000, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those."
-)
-_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept per run, besides step 0.")
-_INSTRUMENTS = flags.DEFINE_string(
-    "instruments", "standard", "basic | standard (+ q_l, c_l, dead units, distance from init) | full (+ per-sample, curvature)."
-)
-_INSTRUMENT_EVERY = flags.DEFINE_integer("instrument_every", 100, "Steps between the full tier's curvature measurements.")
+# Every other setting of a run: one flag per RunConfig field, with its default and help.
+_RUN = define_run_flags(skip=("depth", "activation", "norm", "seed"))
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
 
 
@@ -119,7 +96,7 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments {' '.join(argv[1:])}; all settings are --flags (see --helpshort)")
 
     # Imported after flag parsing so that --help stays fast.
-    from decay import ConfigError, RunConfig, SweepConfig, run_sweep
+    from decay import ConfigError, SweepConfig, run_sweep
     from decay.metrics import summary_table
 
     depths = []
@@ -128,29 +105,7 @@ def main(argv: list[str]) -> None:
             depths.append(int(d))
         except ValueError:
             fail(f"--depths contains {d!r}; give a comma list of integers >= 1, e.g. 2,4,8")
-    base = RunConfig(
-        model=_MODEL.value,
-        dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value,
-        width=_WIDTH.value,
-        init=_INIT.value,
-        weight_var=_WEIGHT_VAR.value,
-        bias_var=_BIAS_VAR.value,
-        residual=_RESIDUAL.value,
-        residual_scale=_RESIDUAL_SCALE.value,
-        optimizer=_OPTIMIZER.value,
-        learning_rate=_LEARNING_RATE.value,
-        clip_norm=_CLIP_NORM.value,
-        batch_size=_BATCH_SIZE.value,
-        steps=_STEPS.value,
-        eval_every=_EVAL_EVERY.value,
-        log_every=_LOG_EVERY.value,
-        histograms=_HISTOGRAMS.value,
-        checkpoint_every=_CHECKPOINT_EVERY.value,
-        keep_checkpoints=_KEEP_CHECKPOINTS.value,
-        instruments=_INSTRUMENTS.value,
-        instrument_every=_INSTRUMENT_EVERY.value,
-    )
+    base = run_config(_RUN)
     cfg = SweepConfig(
         base=base,
         depths=tuple(depths),

@@ -14,22 +14,20 @@ import datetime
 
 from absl import app, flags
 
-from decay import phase
-from decay.config import ConfigError, RunConfig
-from experiments._cli import fail, parse_flags
+from decay.errors import ConfigError
+from decay.studies import phase
+from experiments._cli import define_run_flags, fail, parse_flags, run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/phase_diagram-<timestamp>.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small grid: 6 weight_vars x depths 4..64, 1 seed, 200 steps, width 64.")
-_ACTIVATION = flags.DEFINE_string("activation", "tanh", "Registered activation.")
 _BIAS_VAR = flags.DEFINE_float("bias_var", 0.05, "sigma_b^2 of the trained nets.")
 _WEIGHT_VARS = flags.DEFINE_list("weight_vars", None, "sigma_w^2 values to train; default 0.5,1,1.5,2,2.5,3,4,5.")
 _DEPTHS = flags.DEFINE_list("depths", None, "Depths to train; default 4,8,16,32,64,128.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point; default 2 (1 with --quick).")
-_STEPS = flags.DEFINE_integer("steps", None, "Training steps; default 300 (200 with --quick).")
-_WIDTH = flags.DEFINE_integer("width", None, "Hidden width; default 128 (64 with --quick).")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "SGD learning rate.")
-_DATASET = flags.DEFINE_string("dataset", "digits", "digits (embedded), synthetic, mnist or cifar10 (local files).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the local files of --dataset=mnist|cifar10.")
+# Run settings from RunConfig; width and steps default to the grid's own (smaller with --quick).
+_RUN = define_run_flags(
+    only=("dataset", "data_dir", "activation", "width", "steps", "learning_rate"), defaults={"width": None, "steps": None}
+)
 
 _QUICK_GRID = dict(weight_vars=(0.5, 1.0, 1.75, 2.5, 3.5, 5.0), depths=(4, 8, 16, 32, 64), seeds=1, steps=200, width=64)
 
@@ -48,14 +46,12 @@ def main(argv: list[str]) -> None:
     quick = _QUICK_GRID if _QUICK.value else {}
     defaults = phase.PhaseConfig()
     pick = lambda flag_value, key, default: flag_value if flag_value is not None else quick.get(key, default)  # noqa: E731
-    base = RunConfig(
-        dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value,
-        activation=_ACTIVATION.value,
-        width=pick(_WIDTH.value, "width", defaults.base.width),
-        steps=pick(_STEPS.value, "steps", defaults.base.steps),
-        learning_rate=_LEARNING_RATE.value,
+    base = run_config(
+        _RUN,
+        width=pick(_RUN["width"].value, "width", defaults.base.width),
+        steps=pick(_RUN["steps"].value, "steps", defaults.base.steps),
         checkpoint_every=0,
+        instruments=defaults.base.instruments,
     )
     cfg = dataclasses.replace(
         defaults,
@@ -67,14 +63,18 @@ def main(argv: list[str]) -> None:
     )
     workdir = _WORKDIR.value or f"runs/phase_diagram-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
-    def on_run(i, total, row, run_cfg):
+    def on_event(e):
+        if e.kind == "start":
+            return
+        row, run_cfg = e.row, e.config
         what = "already done" if row is None else f"test accuracy {100 * (row['test_accuracy'] or 0):.1f}%"
         if row is not None and row["diverged"]:
             what = f"diverged at step {row['diverged_at_step']}"
-        print(f"[{i}/{total}] weight_var={run_cfg.weight_var:g} depth={run_cfg.depth} seed={run_cfg.seed}: {what}", flush=True)
+        where = f"weight_var={run_cfg.weight_var:g} depth={run_cfg.depth} seed={run_cfg.seed}"
+        print(f"[{e.index}/{e.total}] {where}: {what}", flush=True)
 
     try:
-        doc = phase.run(cfg, workdir, on_run)
+        doc = phase.run(cfg, workdir, on_event)
     except ConfigError as e:
         fail(str(e))
     crit = doc["critical_weight_var"]

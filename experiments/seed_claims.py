@@ -14,14 +14,13 @@ import datetime
 
 from absl import app, flags
 
-from decay import claims
-from decay.config import ConfigError
-from experiments._cli import fail, parse_flags
+from decay.errors import ConfigError
+from decay.studies import claims
+from experiments._cli import define_run_flags, fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/seed_claims-<timestamp>.")
 _QUICK = flags.DEFINE_bool("quick", False, "2 seeds, 150 steps, width 64, deep = 16: about 2 minutes.")
-_DATASET = flags.DEFINE_string("dataset", "digits", "digits (embedded), synthetic, mnist or cifar10 (local files).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the local files of --dataset=mnist|cifar10.")
+_RUN = define_run_flags(only=("dataset", "data_dir"))
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per configuration; default 3 (2 with --quick).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps; default 300 (150 with --quick).")
 _CLAIMS = flags.DEFINE_list("claims", None, "Only these claims, e.g. C1,C8; default all.")
@@ -31,7 +30,7 @@ _DEEP = flags.DEFINE_integer("deep", None, "Depth at which configurations are co
 def main(argv: list[str]) -> None:
     parse_flags(argv)
     cfg = claims.QUICK if _QUICK.value else claims.ClaimsConfig()
-    cfg = dataclasses.replace(cfg, dataset=_DATASET.value, data_dir=_DATA_DIR.value)
+    cfg = dataclasses.replace(cfg, dataset=_RUN["dataset"].value, data_dir=_RUN["data_dir"].value)
     for name, flag in (("seeds", _SEEDS), ("steps", _STEPS), ("deep", _DEEP)):
         if flag.value is not None:
             cfg = dataclasses.replace(cfg, **{name: flag.value})
@@ -47,7 +46,9 @@ def main(argv: list[str]) -> None:
         report = claims.run(cfg, workdir, on_run, _CLAIMS.value)
     except ConfigError as e:
         fail(str(e))
-    doc = claims.results.read_json(report[: -len("claims.md")] + "claims.json")
+    from decay.results import read_json
+
+    doc = read_json(report[: -len("claims.md")] + "claims.json")
     for c in doc:
         print(f"{c['id']}: {c['verdict']}")
     print(f"report: {report}")

@@ -14,12 +14,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from decay import data as data_lib
-from decay import metrics, results, theory, train
-from decay.config import ConfigError, RunConfig, SweepConfig, dumps, validate_sweep
+from decay import families, metrics, results, theory
+from decay.config import RunConfig, SweepConfig, dumps
+from decay.errors import ConfigError
+from decay.runner import Event, Runner
+from decay.validation import validate_sweep
 
 TRAINABLE_XI = 6.0  # Schoenholz et al. 2017: nets train up to about 6 xi_c layers
 
@@ -28,7 +29,9 @@ TRAINABLE_XI = 6.0  # Schoenholz et al. 2017: nets train up to about 6 xi_c laye
 class PhaseConfig:
     """A phase-diagram experiment: the theory grid and the trained (weight_var, depth) grid."""
 
-    base: RunConfig = RunConfig(activation="tanh", steps=300)  # shared run settings (activation, width, lr, ...)
+    base: RunConfig = RunConfig(
+        activation="tanh", steps=300, instruments="basic"
+    )  # shared run settings (activation, width, lr, ...)
     bias_var: float = 0.05  # sigma_b^2 of the trained nets and of the xi_c line
     weight_vars: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # sigma_w^2 of the trained nets
     depths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  # depths of the trained nets
@@ -50,8 +53,8 @@ def validate(cfg: PhaseConfig) -> None:
     """Raises ConfigError (one line naming the flag) for settings the experiment cannot run."""
     sweep = SweepConfig(base=cfg.base, depths=cfg.depths, activations=(cfg.base.activation,), norms=(cfg.base.norm,))
     validate_sweep(dataclasses.replace(sweep, seeds=max(cfg.seeds, 1)))
-    if cfg.base.norm != "none" or cfg.base.residual or cfg.base.model != "mlp":
-        raise ConfigError("the phase diagram is for plain mlp nets: no --norm, no --residual, --model=mlp")
+    if cfg.base.norm != "none" or cfg.base.residual or families.of(cfg.base).theory != "mean_field":
+        raise ConfigError("the phase diagram is for plain nets with mean-field theory: no --norm, no --residual, --model=mlp")
     if not cfg.weight_vars or any(not (math.isfinite(w) and w > 0) for w in cfg.weight_vars):
         raise ConfigError(f"--weight_vars={','.join(map(str, cfg.weight_vars))} must be finite numbers > 0")
     if len(set(cfg.weight_vars)) != len(cfg.weight_vars):
@@ -105,13 +108,15 @@ def critical_weight_var(activation: str, bias_var: float, lo: float = 0.1, hi: f
     return 0.5 * (lo + hi)
 
 
-def _key(r: dict[str, Any]) -> tuple[float, int, int]:
-    return (float(r["weight_var"]), int(r["depth"]), int(r["seed"]))
+def _key(c: RunConfig) -> str:
+    return f"{float(c.weight_var)!r}/{c.depth}/{c.seed}"
 
 
-def run(
-    cfg: PhaseConfig, workdir: str, on_run: Callable[[int, int, dict[str, Any] | None, RunConfig], None] | None = None
-) -> dict[str, Any]:
+def _row_key(r: dict[str, Any]) -> str:
+    return f"{float(r['weight_var'])!r}/{int(r['depth'])}/{int(r['seed'])}"
+
+
+def run(cfg: PhaseConfig, workdir: str, on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
     """Trains every run not yet in `<workdir>/runs.jsonl`, then writes `phase_diagram.json` and `.png`.
 
     Returns the JSON document. Rows are appended as runs finish, so an interrupted experiment resumes.
@@ -120,28 +125,11 @@ def run(
 
     validate(cfg)
     b = cfg.base
-    dataset = data_lib.load(b.dataset, b.data_dir, b.data_seed)
-    if b.batch_size > dataset.x_train.shape[0]:
-        raise ConfigError(f"--batch_size={b.batch_size} exceeds the {dataset.x_train.shape[0]} training examples")
     new = json_config(cfg)
-    results.open_workdir(workdir, new, "a phase diagram")
-    device_data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
-    rows_path = os.path.join(workdir, "runs.jsonl")
-    rows = results.read_jsonl(rows_path)
-    done = {_key(r) for r in rows}
-    runs = cfg.runs()
-    for i, run_cfg in enumerate(runs, 1):
-        key = (float(run_cfg.weight_var), run_cfg.depth, run_cfg.seed)
-        if key in done:
-            if on_run:
-                on_run(i, len(runs), None, run_cfg)
-            continue
-        row = train.train_run(run_cfg, dataset, device_data)
-        row = {k: v for k, v in row.items() if k not in ("loss_history",)}
-        results.append_jsonl(rows_path, row)
-        rows.append(row)
-        if on_run:
-            on_run(i, len(runs), row, run_cfg)
+    runner = Runner(workdir, new, b, rows_file="runs.jsonl", key=_key, row_key=_row_key)
+    dataset = runner.dataset
+    drop = lambda c, r: {k: v for k, v in r.items() if k != "loss_history"}  # noqa: E731
+    rows = list(runner.run(cfg.runs(), on_event, transform=drop))
 
     act = b.activation
     tw = np.linspace(*cfg.theory_weight_vars, 111)
@@ -168,7 +156,7 @@ def _accuracy_grid(cfg: PhaseConfig, rows: Sequence[dict[str, Any]]) -> dict[str
     for d in cfg.depths:
         acc_row, div_row = [], []
         for w in cfg.weight_vars:
-            rs = [r for r in rows if _key(r)[:2] == (float(w), d)]
+            rs = [r for r in rows if (float(r["weight_var"]), int(r["depth"])) == (float(w), d)]
             accs = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
             acc_row.append(float(np.median(accs)) if accs else None)
             div_row.append(sum(bool(r["diverged"]) for r in rs))

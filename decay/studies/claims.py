@@ -1,6 +1,7 @@
 """The seed's claims C1-C8, each settled by an experiment built on the library.
 
-Every claim trains the runs it needs (through `train.train_run`; runs shared between claims
+Every claim trains the runs it needs (through the study runner, `decay.runner.Runner`: the
+seeds of a configuration train side by side over the devices; runs shared between claims
 are trained once and kept in `<workdir>/runs.jsonl`, so an interrupted experiment resumes),
 reduces them to its decisive numbers with their spread across seeds, draws one figure, and
 derives its verdict from those numbers by the rules written in its function. Nothing in a
@@ -18,14 +19,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from decay import data as data_lib
-from decay import metrics, results, train
-from decay.config import ConfigError, RunConfig, SweepConfig, validate_sweep
+from decay import metrics, results
+from decay.config import RunConfig, SweepConfig
+from decay.errors import ConfigError
+from decay.row import Row
+from decay.runner import Event, Runner
+from decay.validation import validate_sweep
 
-Row = dict[str, Any]
 SUPPORTED, REFUTED = "supported", "refuted"
 STALL_GAP = 0.10  # an accuracy difference of 10 points is "clearly better"
 
@@ -57,6 +59,7 @@ class ClaimsConfig:
             learning_rate=self.learning_rate,
             eval_every=max(self.steps, 1),
             checkpoint_every=0,
+            instruments="basic",
         )
         return dataclasses.replace(cfg, **overrides)
 
@@ -65,33 +68,30 @@ QUICK = ClaimsConfig(seeds=2, steps=150, width=64, deep=16, seed_net_seeds=3, se
 
 
 class Runs:
-    """Trains configurations on demand, every seed, and keeps each row in `<workdir>/runs.jsonl`."""
+    """Trains configurations on demand, every seed side by side, and keeps each row in `<workdir>/runs.jsonl`."""
 
-    def __init__(self, cfg: ClaimsConfig, workdir: str, on_run: Callable[[str, Row | None], None] | None = None):
+    def __init__(self, cfg: ClaimsConfig, workdir: str, on_run: Callable[[str, Row], None] | None = None):
         self.cfg = cfg
-        self.dataset = data_lib.load(cfg.dataset, cfg.data_dir, 0)
-        d = self.dataset
-        self.device_data = tuple(jnp.asarray(a) for a in (d.x_train, d.y_train, d.x_test, d.y_test))
-        self.path = os.path.join(workdir, "runs.jsonl")
-        self.rows = {r["_key"]: r for r in results.read_jsonl(self.path) if "_key" in r}
+        self.runner = Runner(
+            workdir, dataclasses.asdict(cfg), cfg.base(), rows_file="runs.jsonl", key=_key, row_key=lambda r: r.get("_key")
+        )
+        self.dataset = self.runner.dataset
+        self.rows = self.runner.rows
         self.on_run = on_run
-        self.chance = 1.0 / d.num_classes
+        self.chance = 1.0 / self.dataset.num_classes
+
+    def _on_event(self, e: Event) -> None:
+        if e.kind == "done" and self.on_run:
+            self.on_run(_label(e.config), e.row)
 
     def get(self, seeds: int | None = None, **overrides: Any) -> list[Row]:
         """Rows of the configuration `base(**overrides)`, one per seed."""
-        out = []
-        for seed in range(seeds or self.cfg.seeds):
-            run_cfg = self.cfg.base(**overrides, seed=seed)
-            key = json.dumps(run_cfg.to_json(), sort_keys=True)
-            if key not in self.rows:
-                row = train.train_run(run_cfg, self.dataset, self.device_data)
-                row["_key"] = key
-                results.append_jsonl(self.path, row)
-                self.rows[key] = row
-                if self.on_run:
-                    self.on_run(_label(run_cfg), row)
-            out.append(self.rows[key])
-        return out
+        cfgs = [self.cfg.base(**overrides, seed=seed) for seed in range(seeds or self.cfg.seeds)]
+        return self.runner.run(cfgs, self._on_event, transform=lambda c, r: {**r, "_key": _key(c)})
+
+
+def _key(c: RunConfig) -> str:
+    return json.dumps(c.to_json(), sort_keys=True)
 
 
 def _label(c: RunConfig) -> str:
@@ -698,7 +698,7 @@ def validate(cfg: ClaimsConfig) -> None:
 def run(
     cfg: ClaimsConfig,
     workdir: str,
-    on_run: Callable[[str, Row | None], None] | None = None,
+    on_run: Callable[[str, Row], None] | None = None,
     only: Sequence[str] | None = None,
 ) -> str:
     """Runs each claim's experiment (all, or the ids in `only`), writes `<workdir>/claims.md`, `claims.json`
@@ -710,9 +710,8 @@ def run(
     unknown = sorted(set(only or ()) - set(ids))
     if unknown or (only is not None and not only):
         raise ConfigError(f"--claims={','.join(only or [])}: allowed ids are {', '.join(ids)}")
-    results.open_workdir(workdir, dataclasses.asdict(cfg), "claims")
-    os.makedirs(os.path.join(workdir, "claims"), exist_ok=True)
     runs = Runs(cfg, workdir, on_run)
+    os.makedirs(os.path.join(workdir, "claims"), exist_ok=True)
     claims = []
     for fn, claim_id in zip(CLAIMS, ids, strict=True):
         if only is not None and claim_id not in only:
@@ -741,7 +740,7 @@ def _markdown(cfg: ClaimsConfig, claims: Sequence[Claim], runs: Runs) -> str:
         f"{100 * runs.chance:.0f}%), made by `python -m experiments.seed_claims` with these settings: "
         + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
         + ". Spread: `median [min, max]` over seeds, or `mean ± std`. Verdicts follow from the numbers by the rules "
-        "in `decay/claims.py`.",
+        "in `decay/studies/claims.py`.",
         "",
         "| id | claim | verdict |",
         "|---|---|---|",

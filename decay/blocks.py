@@ -1,0 +1,108 @@
+"""Building blocks that model families share: a hidden layer, a scanned stack of identical layers.
+
+A hidden layer is `linear map -> norm -> activation`. A zero "probe" added to the linear
+output h gives d loss / d probe = d loss / d h, the backprop signal at that layer. A stack of
+identical layers keeps its parameters with a leading layer axis and runs under `jax.lax.scan`,
+so the traced program, and compile time, do not grow with depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from decay import instruments
+from decay.config import RunConfig
+from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
+
+
+def rms(y: jax.Array) -> jax.Array:
+    """Root mean square over every entry."""
+    return jnp.sqrt(jnp.mean(jnp.square(y)))
+
+
+class Layer(nnx.Module):
+    """One hidden layer: dense or 3x3 conv -> norm -> activation, with an optional probe on h."""
+
+    def __init__(self, in_features: int, cfg: RunConfig, conv: bool, padding: str, *, rngs: nnx.Rngs):
+        init = resolve_init(cfg.init, cfg.activation)
+        inits = dict(kernel_init=kernel_init(init, cfg.weight_var), bias_init=bias_init(cfg.bias_var))
+        if conv:
+            self.linear = nnx.Conv(in_features, cfg.width, (3, 3), padding=padding, rngs=rngs, **inits)
+            reduce_axes = (-3, -2, -1)  # per-example norms see all positions and channels
+        else:
+            self.linear = nnx.Linear(in_features, cfg.width, rngs=rngs, **inits)
+            reduce_axes = (-1,)
+        self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
+        self.act = ACTIVATIONS.get(cfg.activation)
+        self.relu_like = cfg.activation in instruments.RELU_LIKE
+
+    def __call__(self, x: jax.Array, probe: jax.Array | None, train: bool, stats: bool = False):
+        """The layer's output; with `stats`, (output, instruments.layer_stats of this layer)."""
+        h = self.linear(x)
+        if probe is not None:
+            h = h + probe
+        z = self.norm(h, train)
+        y = self.act(z)
+        if not stats:
+            return y
+        return y, {"act_rms": rms(y), **instruments.layer_stats(x, h, z, self.relu_like)}
+
+
+class Stack(nnx.Module):
+    """`n` identical layers with stacked parameters, applied in sequence by `jax.lax.scan`."""
+
+    def __init__(self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None):
+        keys = jax.random.split(key, n)
+        self.layer = make_layer(nnx.Rngs(params=keys[0]))  # template; its values are replaced below
+        nnx.update(self.layer, jax.vmap(lambda k: nnx.state(make_layer(nnx.Rngs(params=k))))(keys))
+        self.residual_scale = residual_scale  # None: plain net
+
+    def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:
+        """(last output, per-layer aux): act RMS [n], or with `stats` a dict of [n, ...] arrays."""
+        graphdef, state = nnx.split(self.layer)
+        alpha = self.residual_scale
+
+        def body(h, xs):
+            layer_state, probe = xs
+            layer = nnx.merge(graphdef, layer_state, copy=True)
+            y, aux = layer(h, probe, train, True) if stats else (layer(h, probe, train), None)
+            out = y if alpha is None else h + alpha * y
+            return out, (aux if stats else rms(y), nnx.state(layer, nnx.BatchStat))
+
+        h, (aux, batch_stats) = jax.lax.scan(body, h, (state, probes))
+        if train:
+            nnx.update(self.layer, batch_stats)
+        return h, aux
+
+
+def hidden(stem: Layer, blocks: Stack | None, x: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False):
+    """Stem, then the scanned blocks: (last hidden output, per-layer act RMS, or with `stats` a dict of per-layer arrays)."""
+    probe0 = None if probes is None else probes[0]
+    if stats:
+        h, aux = stem(x, probe0, train, True)
+        aux = jax.tree.map(lambda a: a[None], aux)
+    else:
+        h = stem(x, probe0, train)
+        aux = rms(h)[None]
+    if blocks is not None:
+        h, rest = blocks(h, None if probes is None else probes[1:], train, stats)
+        aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), aux, rest)
+    return h, aux
+
+
+def stem_and_stack_kernels(tree: Any) -> list[jax.Array]:
+    """Kernels in layer order from a pure-dict pytree of a stem + `Stack` net: [stem[None], stacked blocks]."""
+    out = [tree["stem"]["linear"]["kernel"][None]]
+    if tree.get("blocks"):
+        out.append(tree["blocks"]["layer"]["linear"]["kernel"])
+    return out
+
+
+def is_stem_or_stack_kernel(path: tuple[str, ...]) -> bool:
+    """Whether a parameter path names a hidden layer's kernel of a stem + `Stack` net."""
+    return path[-2:] == ("linear", "kernel") and path[0] in ("stem", "blocks")

@@ -1,0 +1,226 @@
+"""The compiled programs of a configuration: chunks of train steps with their evaluations, the measure, the init.
+
+One `Program` per configuration, shared by every run that differs only in seed or init
+(`same_program`): the init changes parameter values, never the compiled code. A chunk of
+steps runs under `jax.lax.scan`, so it is one device call whose per-layer arrays reach the
+host in one transfer; `group_chunk` maps that single-run chunk over runs stacked on a leading
+axis sharded over the devices, so every run's numbers are those of the run alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from decay import devices, families, instruments, optim
+from decay.config import RunConfig
+from decay.data import Dataset
+from decay.step import Net, TrainState, apply, bare_step, batch_indices, curvature, grads_and_stats, train_step
+
+EVAL_BATCH = 1000  # test examples per evaluation call
+
+
+class Program(NamedTuple):
+    """The compiled functions of one configuration (all seeds share them)."""
+
+    net: Net
+    tx: optax.GradientTransformation
+    train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    bare_chunk: Callable[..., tuple[TrainState, jax.Array]]  # no per-layer statistics: the benchmark baseline
+    measure: Callable[..., dict[str, jax.Array]]
+    eval_batch: Callable[..., tuple[jax.Array, jax.Array]]
+    group_chunk: Callable[..., Callable[..., tuple[TrainState, dict[str, jax.Array]]]]  # (n_steps, mesh) -> run-sharded chunk
+
+    @property
+    def graphdef(self) -> Any:
+        """The model's NNX graph definition."""
+        return self.net.graphdef
+
+
+def _make_program(cfg: RunConfig, net: Net) -> Program:
+    tx = optim.build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm)
+    bsz = cfg.batch_size
+    hist_every = cfg.log_every if cfg.histograms else None
+    full = instruments.tier_at_least(cfg.instruments, "full")
+
+    def batch(x_train, y_train, data_key, step):
+        idx = batch_indices(data_key, step, x_train.shape[0], bsz)
+        return x_train[idx], y_train[idx]
+
+    def train_chunk(state, x_train, y_train, data_key, n_steps):
+        def body(state, _):
+            return train_step(net, tx, state, *batch(x_train, y_train, data_key, state.step), hist_every, cfg.instruments)
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    def bare_chunk(state, x_train, y_train, data_key, n_steps):
+        def body(state, _):
+            return bare_step(net, tx, state, *batch(x_train, y_train, data_key, state.step))
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    def next_batch_curvature(state, x_train, y_train, data_key):
+        # The full tier's curvature on the batch the next step trains on, its random probes keyed by the step.
+        key = jax.random.fold_in(jax.random.fold_in(data_key, 7), state.step)
+        return curvature(net, state.params, state.batch_stats, *batch(x_train, y_train, data_key, state.step), key)
+
+    def measure(state, x_train, y_train, data_key):
+        x, y = batch(x_train, y_train, data_key, state.step)
+        _, _, stats = grads_and_stats(net, state.params, state.batch_stats, x, y, cfg.instruments, state.anchor)
+        if full:
+            stats.update(next_batch_curvature(state, x_train, y_train, data_key))
+        return stats
+
+    def eval_batch(params, batch_stats, x, y, mask):
+        logits, _, _ = apply(net.graphdef, params, batch_stats, x, None, False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        # Per example: the sums are taken on the host in float64, so that they do not depend on
+        # how XLA vectorizes a reduction (which differed between runs mapped in one executable).
+        return jnp.where(mask, losses, 0.0), correct * mask
+
+    def eval_batches(state, x_batches, y_batches, masks):
+        # Per-batch (loss sum, correct count) of the test set, batchnorm in evaluation mode.
+        return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
+
+    def curvatures(states, x_train, y_train, data_key, when):
+        # The full tier's curvature of each of the stacked states (a leading axis of 2: the chunk's
+        # start and end) on its next training batch where `when`, else NaN; one compiled copy for both.
+        if not full:
+            return {}
+        nan = {"hessian_top": jnp.nan, "hessian_trace": jnp.nan, "hessian_trace_layers": jnp.full((net.points,), jnp.nan)}
+        nan = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), nan)
+
+        def one(args):
+            state, w = args
+            return jax.lax.cond(w, lambda: next_batch_curvature(state, x_train, y_train, data_key), lambda: nan)
+
+        return jax.lax.map(one, (states, when))
+
+    def run_chunk(state, x_train, y_train, data_key, test, n_steps):
+        # One run's chunk with its evaluations (and, full tier, curvature): at the start (only at
+        # step 0, else zeros/NaN) and at the end (curvature on instrument_every multiples and the last step).
+        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_batches, state, *test))
+        first = jax.lax.cond(state.step == 0, lambda: eval_batches(state, *test), lambda: skipped)
+        start = state
+        state, stats = train_chunk(state, x_train, y_train, data_key, n_steps)
+        at = (state.step % cfg.instrument_every == 0) | (state.step == cfg.steps)
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), start, state)
+        curv = curvatures(both, x_train, y_train, data_key, jnp.stack([start.step == 0, at & ~state.halted]))
+        first_curv = jax.tree.map(lambda a: a[0], curv)
+        last_curv = jax.tree.map(lambda a: a[1], curv)
+        return state, stats, (first, first_curv), (eval_batches(state, *test), last_curv)
+
+    @functools.lru_cache(maxsize=16)
+    def group_chunk(n_steps: int, mesh):
+        # Each device maps the single-run chunk over its share of the stacked runs, one run after
+        # another: the same computation as one run alone, so the numbers do not depend on the grouping.
+        def local(states, x_train, y_train, data_keys, test):
+            return jax.lax.map(lambda sk: run_chunk(sk[0], x_train, y_train, sk[1], test, n_steps), (states, data_keys))
+
+        runs, rep = P(devices.RUN_AXIS), P()
+        # check_vma=False: with it, gradients with respect to values created inside (the zero
+        # probes) are summed over the devices, mixing the runs' signal norms.
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(runs, rep, rep, runs, rep), out_specs=runs, check_vma=False)
+        return jax.jit(sharded, donate_argnums=0)
+
+    return Program(
+        net,
+        tx,
+        jax.jit(train_chunk, static_argnames="n_steps"),
+        jax.jit(bare_chunk, static_argnames="n_steps"),
+        jax.jit(measure),
+        jax.jit(eval_batch),
+        group_chunk,
+    )
+
+
+def program_key(cfg: RunConfig) -> RunConfig:
+    """What a compiled program depends on: the config less its init (seed, init, weight_var, bias_var change values only)."""
+    return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None)
+
+
+def same_program(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two runs share one compiled program, and so can train side by side in `decay.loop.train_runs`."""
+    return program_key(a) == program_key(b)
+
+
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # a small LRU cache: (program key, shapes) -> Program
+
+
+def program(cfg: RunConfig, net: Net) -> Program:
+    """Compiled functions for `cfg`, reused across seeds."""
+    key = (program_key(cfg), net.point_shape)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = _make_program(cfg, net)
+        while len(_PROGRAMS) > 8:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key]
+
+
+def init_state(
+    cfg: RunConfig, dataset: Dataset | None = None, input_shape: tuple[int, ...] | None = None, num_classes: int = 0
+) -> tuple[Program, TrainState]:
+    """Builds the model of `cfg` and its compiled program; returns (program, state at step 0).
+
+    Shapes come from `dataset`, or from `input_shape` and `num_classes` when there is none.
+    """
+    if dataset is not None:
+        input_shape, num_classes = tuple(dataset.x_train.shape[1:]), dataset.num_classes
+    fam = families.of(cfg)
+    model = fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed))
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    net = Net(graphdef, fam, fam.points(cfg), fam.point_shape(cfg, tuple(input_shape)))
+    prog = program(cfg, net)
+    anchor = ()
+    if instruments.tier_at_least(cfg.instruments, "standard"):
+        anchor = tuple(jnp.array(k) for k in fam.layer_kernels(nnx.to_pure_dict(params)))
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool), anchor)
+    return prog, state
+
+
+def chunk_end(done: int, cfg: RunConfig) -> int:
+    """End of the chunk starting at step `done`: the next multiple of eval_every or
+    checkpoint_every, or the last step. Boundaries are absolute, so a resumed run cuts its
+    steps exactly where an uninterrupted one does."""
+    ends = [cfg.steps, (done // cfg.eval_every + 1) * cfg.eval_every]
+    if instruments.tier_at_least(cfg.instruments, "full"):
+        ends.append((done // cfg.instrument_every + 1) * cfg.instrument_every)
+    if cfg.checkpoint_every:
+        ends.append((done // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+    return min(ends)
+
+
+def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test set as [batches, EVAL_BATCH] arrays on the host, the last batch padded and masked out."""
+    n = x_test.shape[0]
+    size = min(EVAL_BATCH, n)
+    nb = -(-n // size)
+    pad = nb * size - n
+    x = np.concatenate([np.asarray(x_test), np.zeros((pad, *x_test.shape[1:]), x_test.dtype)])
+    y = np.concatenate([np.asarray(y_test), np.zeros((pad,), y_test.dtype)])
+    mask = np.arange(nb * size) < n
+    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size), mask.reshape(nb, size)
+
+
+def eval_result(losses, correct, n: int) -> tuple[float, float]:
+    """(mean loss, accuracy) from per-example masked losses and hits, summed in float64."""
+    return float(np.sum(np.asarray(losses, np.float64))) / n, float(np.sum(np.asarray(correct, np.float64))) / n
+
+
+def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
+    xb, yb, mb = test_batches(np.asarray(x_test), np.asarray(y_test))
+    out = [prog.eval_batch(state.params, state.batch_stats, x, y, m) for x, y, m in zip(xb, yb, mb, strict=True)]
+    return eval_result([o[0] for o in out], [o[1] for o in out], x_test.shape[0])

@@ -1,0 +1,8 @@
+"""Studies: experiments built on the engine through its public names, each on the one resumable runner.
+
+  depth_sweep  depths x activations x norms x seeds: per-layer gradient flow and trainability
+  phase        the order-to-chaos phase diagram with measured trainability
+  claims       the seed's claims C1-C8, each settled by measurement
+
+The engine (`decay.step`, `program`, `loop`, `row`, `runner`) never imports a study.
+"""

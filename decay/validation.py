@@ -1,0 +1,70 @@
+"""Validation of configs against the registries: one-line ConfigErrors that name the flag.
+
+Kept apart from `decay.config` so that the config stays importable by every module (the
+registries import it) while this module may import every registry.
+"""
+
+from __future__ import annotations
+
+import math
+
+from decay.config import SweepConfig
+from decay.data import DATASETS
+from decay.errors import ConfigError
+from decay.families import FAMILIES
+from decay.instruments import TIERS
+from decay.layers import ACTIVATIONS, INITIALIZERS, NORMS
+from decay.optim import OPTIMIZERS
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_sweep(cfg: SweepConfig) -> None:
+    """Raises ConfigError (one line, naming the flag) for any invalid setting."""
+    b = cfg.base
+    for flag in ("learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum"):
+        value = getattr(b, flag)
+        _check(value is None or math.isfinite(value), f"--{flag}={value}; must be a finite number")
+    for flag, values in (("depths", cfg.depths), ("activations", cfg.activations), ("norms", cfg.norms)):
+        dup = sorted({str(v) for v in values if list(values).count(v) > 1})
+        _check(not dup, f"--{flag} lists {', '.join(dup)} more than once; give each value once")
+    _check(b.model in FAMILIES, f"--model={b.model!r} is unknown; allowed: {', '.join(FAMILIES.names())}")
+    _check(b.dataset in DATASETS, f"--dataset={b.dataset!r} is unknown; allowed: {', '.join(DATASETS.names())}")
+    _check(len(cfg.depths) > 0, "--depths is empty; give a comma list of integers >= 1, e.g. 2,4,8")
+    for d in cfg.depths:
+        _check(d >= 1, f"--depths contains {d}; every depth must be an integer >= 1")
+    FAMILIES.get(b.model).check_depths(tuple(cfg.depths))
+    _check(len(cfg.activations) > 0, f"--activations is empty; allowed: {', '.join(ACTIVATIONS.names())}")
+    for a in cfg.activations:
+        _check(a in ACTIVATIONS, f"--activations contains unknown {a!r}; allowed: {', '.join(ACTIVATIONS.names())}")
+    _check(len(cfg.norms) > 0, f"--norms is empty; allowed: {', '.join(NORMS.names())}")
+    for n in cfg.norms:
+        _check(n in NORMS, f"--norms contains unknown {n!r}; allowed: {', '.join(NORMS.names())}")
+    _check(
+        b.init == "auto" or b.init in INITIALIZERS,
+        f"--init={b.init!r} is unknown; allowed: auto, {', '.join(INITIALIZERS.names())}",
+    )
+    _check(b.optimizer in OPTIMIZERS, f"--optimizer={b.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS.names())}")
+    _check(b.width >= 1, f"--width={b.width}; must be an integer >= 1")
+    _check(b.learning_rate > 0, f"--learning_rate={b.learning_rate:g}; must be > 0")
+    _check(b.batch_size >= 1, f"--batch_size={b.batch_size}; must be an integer >= 1")
+    _check(b.steps >= 0, f"--steps={b.steps}; must be an integer >= 0 (0: measure at initialization only)")
+    _check(b.eval_every >= 1, f"--eval_every={b.eval_every}; must be an integer >= 1")
+    _check(b.log_every >= 1, f"--log_every={b.log_every}; must be an integer >= 1")
+    _check(b.instruments in TIERS, f"--instruments={b.instruments!r} is unknown; allowed: {', '.join(TIERS)}")
+    _check(b.instrument_every >= 1, f"--instrument_every={b.instrument_every}; must be an integer >= 1")
+    _check(b.checkpoint_every >= 0, f"--checkpoint_every={b.checkpoint_every}; must be an integer >= 0")
+    _check(b.keep_checkpoints >= 1, f"--keep_checkpoints={b.keep_checkpoints}; must be an integer >= 1")
+    _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")
+    _check(b.weight_var is None or b.weight_var > 0, f"--weight_var={b.weight_var}; must be > 0")
+    _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")
+    _check(b.clip_norm is None or b.clip_norm > 0, f"--clip_norm={b.clip_norm}; must be > 0")
+    _check(0.0 <= b.bn_momentum < 1.0, f"--bn_momentum={b.bn_momentum}; must be in [0, 1)")
+
+
+def validate_run(cfg) -> None:
+    """`validate_sweep` for one run."""
+    validate_sweep(SweepConfig(base=cfg, depths=(cfg.depth,), activations=(cfg.activation,), norms=(cfg.norm,), seeds=1))
