@@ -23,32 +23,22 @@ from absl import app, flags
 
 from benchmarks._timing import interleaved
 from decay import program, step
-from decay.config import RunConfig
 from decay.data import load
-from experiments._cli import check_benchmark_config, parse_flags
+from experiments._cli import check_benchmark_config, define_run_flags, parse_flags, run_config
 
-_WIDTH = flags.DEFINE_integer("width", 128, "Units per hidden layer.")
-_DEPTH = flags.DEFINE_integer("depth", 32, "Hidden layers.")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Examples per step.")
-_NORM = flags.DEFINE_string("norm", "batchnorm", "Normalization.")
-_ACT = flags.DEFINE_string("activation", "tanh", "Activation.")
+# The measured net's settings, from RunConfig's fields (a deeper batchnorm net than RunConfig's default).
+_RUN = define_run_flags(
+    only=("width", "depth", "batch_size", "norm", "activation", "instrument_every"), defaults={"depth": 32, "norm": "batchnorm"}
+)
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per timed chunk.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repetitions (medians reported).")
-_EVERY = flags.DEFINE_integer("instrument_every", 100, "Steps between curvature measurements, for the amortized full tier.")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    base = RunConfig(
-        width=_WIDTH.value,
-        depth=_DEPTH.value,
-        batch_size=_BATCH.value,
-        norm=_NORM.value,
-        activation=_ACT.value,
-        dataset="synthetic",
-    )
-    check_benchmark_config(base, steps=_STEPS.value, repeats=_REPEATS.value, instrument_every=_EVERY.value)
+    base = run_config(_RUN, dataset="synthetic")
+    check_benchmark_config(base, steps=_STEPS.value, repeats=_REPEATS.value, instrument_every=base.instrument_every)
     data = load("synthetic", None, 0)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key = jax.random.key(0)
@@ -68,11 +58,11 @@ def main(argv: list[str]) -> None:
     per_call = interleaved(variants, _REPEATS.value)
     times = {k: [t / (1 if k == "curvature" else n) for t in v] for k, v in per_call.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    med["full"] = med["full/step"] + med["curvature"] / _EVERY.value
+    med["full"] = med["full/step"] + med["curvature"] / base.instrument_every
     print(
         f"device: {jax.devices()[0].platform} x{len(jax.devices())}  width {base.width}, depth {base.depth}, "
         f"batch {base.batch_size}, "
-        f"{base.activation}/{base.norm}; median of {_REPEATS.value}; curvature every {_EVERY.value} steps"
+        f"{base.activation}/{base.norm}; median of {_REPEATS.value}; curvature every {base.instrument_every} steps"
     )
     print(f"{'tier':<10} {'ms/step':>10} {'vs bare':>8} {'vs basic':>9}")
     for k, v in med.items():

@@ -28,13 +28,10 @@ from decay import program
 from decay.config import RunConfig
 from decay.data import load
 from decay.tensorboard_writer import RunWriter
-from experiments._cli import check_benchmark_config, parse_flags
+from experiments._cli import check_benchmark_config, define_run_flags, parse_flags, run_config
 
-_WIDTH = flags.DEFINE_integer("width", 128, "Units per hidden layer.")
-_DEPTH = flags.DEFINE_integer("depth", 32, "Hidden layers.")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Examples per step.")
-_NORM = flags.DEFINE_string("norm", "batchnorm", "Normalization.")
-_ACT = flags.DEFINE_string("activation", "tanh", "Activation.")
+# The measured net's settings, from RunConfig's fields (a deeper batchnorm net than RunConfig's default).
+_RUN = define_run_flags(only=("width", "depth", "batch_size", "norm", "activation"), defaults={"depth": 32, "norm": "batchnorm"})
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per timed chunk.")
 _REPEATS = flags.DEFINE_integer("repeats", 11, "Timed repetitions of each variant (medians reported).")
 _HIST = flags.DEFINE_bool("histograms", False, "Also compute and log per-layer gradient histograms every step.")
@@ -79,17 +76,7 @@ def measure(cfg: RunConfig, steps: int, repeats: int) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    cfg = RunConfig(
-        width=_WIDTH.value,
-        depth=_DEPTH.value,
-        batch_size=_BATCH.value,
-        norm=_NORM.value,
-        activation=_ACT.value,
-        dataset="synthetic",
-        log_every=1,
-        histograms=_HIST.value,
-        instruments="basic",
-    )
+    cfg = run_config(_RUN, dataset="synthetic", log_every=1, histograms=_HIST.value, instruments="basic")
     check_benchmark_config(cfg, steps=_STEPS.value, repeats=_REPEATS.value)
     out = measure(cfg, _STEPS.value, _REPEATS.value)
     print(

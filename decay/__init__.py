@@ -19,6 +19,7 @@ _LAZY = {
     "train_runs": ("decay.loop", "train_runs"),
     "FIELDS": ("decay.row", "FIELDS"),
     "Family": ("decay.family", "Family"),
+    "Runner": ("decay.runner", "Runner"),
 }
 
 __all__ = sorted(_LAZY)
