@@ -13,8 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from decay import ConfigError, SweepConfig, analysis, checkpoints, load_run, run_sweep, train
+from decay import ConfigError, SweepConfig, analysis, checkpoints, load_run, run_sweep
+from decay.loop import train_run
+from decay.program import init_state
+from decay.step import grads_and_stats
 from tests.conftest import run_module, tiny_config, without_wall_time
+from tests.shell import shell
 
 
 def _equal_trees(a, b) -> bool:
@@ -27,13 +31,13 @@ def _equal_trees(a, b) -> bool:
 
 def test_save_restore_round_trip_is_bitwise(tmp_path, tiny_data):
     cfg = tiny_config(norm="batchnorm", optimizer="adam", learning_rate=0.01, depth=4)
-    prog, state = train.init_state(cfg, tiny_data)
+    prog, state = init_state(cfg, tiny_data)
     x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
     key = jax.random.fold_in(jax.random.key(7), 1)
     state, _ = prog.train_chunk(state, x, y, key, n_steps=3)  # non-trivial Adam moments and batch stats
     progress = {"done": 3, "history": [{"step": 0, "x": None}], "values": [0.1, 1e-30]}
     checkpoints.save(str(tmp_path), 3, state, key, progress, keep=2)
-    _, template = train.init_state(cfg, tiny_data)
+    _, template = init_state(cfg, tiny_data)
     restored, rkey, rprogress, step = checkpoints.restore(str(tmp_path), template)
     assert step == 3 and rprogress == progress
     assert _equal_trees(restored, state)
@@ -43,7 +47,7 @@ def test_save_restore_round_trip_is_bitwise(tmp_path, tiny_data):
 
 def test_keeps_the_newest_checkpoints_and_step_zero(tmp_path, tiny_data):
     cfg = tiny_config(steps=10, eval_every=2, checkpoint_every=2, keep_checkpoints=2)
-    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    train_run(cfg, tiny_data, run_dir=str(tmp_path))
     assert checkpoints.steps(str(tmp_path / "checkpoints")) == [0, 8, 10]
 
 
@@ -54,16 +58,16 @@ class _Kill(Exception):
 @pytest.mark.parametrize("norm, optimizer", [("batchnorm", "adam"), ("none", "momentum")])
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, tiny_data, norm, optimizer):
     cfg = tiny_config(depth=4, steps=10, eval_every=2, checkpoint_every=4, log_every=1, norm=norm, optimizer=optimizer)
-    clean = train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "clean"))
+    clean = train_run(cfg, tiny_data, run_dir=str(tmp_path / "clean"))
 
     def kill_at_6(p):
         if p.step == 6:  # after the step-4 checkpoint; steps 4..6 are lost and must be redone
             raise _Kill
 
     with pytest.raises(_Kill):
-        train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"), on_progress=kill_at_6)
+        train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"), on_progress=kill_at_6)
     assert checkpoints.steps(str(tmp_path / "killed" / "checkpoints")) == [0, 4]
-    resumed = train.train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"))
+    resumed = train_run(cfg, tiny_data, run_dir=str(tmp_path / "killed"))
     clean.pop("wall_time_s")
     resumed.pop("wall_time_s")
     assert resumed == clean
@@ -93,13 +97,12 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path):
     assert without_wall_time(resumed) == without_wall_time(full)
 
 
-def test_loaded_run_analysis_equals_live_state(tmp_path, tiny_data):
-    cfg = tiny_config(depth=4, steps=6, eval_every=3, checkpoint_every=3, norm="batchnorm")
-    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
-    run = load_run(str(tmp_path))  # latest: step 6
+def test_loaded_run_analysis_equals_live_state(bn_run, tiny_data):
+    cfg = bn_run.cfg  # depth 4, batchnorm, 6 steps, checkpoints every 3 (tests/conftest.py)
+    run = load_run(str(bn_run.run_dir))  # latest: step 6
     assert run.step == 6 and run.available_steps == [0, 3, 6] and run.config == cfg
     # The live state, recomputed from scratch in this process.
-    prog, state = train.init_state(cfg, tiny_data)
+    prog, state = init_state(cfg, tiny_data)
     x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     state, _ = prog.train_chunk(state, x, y, key, n_steps=3)
@@ -107,9 +110,7 @@ def test_loaded_run_analysis_equals_live_state(tmp_path, tiny_data):
     assert _equal_trees(run.state, state)
     xb, yb = x[:16], y[:16]
     got = analysis.layer_stats(run, xb, yb)
-    want = jax.device_get(
-        jax.jit(lambda p, bs: train._grads_and_stats(prog.graphdef, 4, (8,), p, bs, xb, yb)[2])(state.params, state.batch_stats)
-    )
+    want = jax.device_get(jax.jit(lambda p, bs: grads_and_stats(prog.net, p, bs, xb, yb)[2])(state.params, state.batch_stats))
     for k in ("grad_norms", "signal_norms", "act_rms", "weight_norms", "loss"):
         np.testing.assert_array_equal(got[k], want[k])
     g = analysis.gradients(run, xb, yb)
@@ -125,14 +126,14 @@ def test_loaded_run_analysis_equals_live_state(tmp_path, tiny_data):
 
 def test_deep_linear_orthogonal_net_is_an_isometry(tmp_path, tiny_data):
     cfg = tiny_config(activation="linear", init="orthogonal", norm="none", depth=12, width=16, steps=0)
-    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    train_run(cfg, tiny_data, run_dir=str(tmp_path))
     run = load_run(str(tmp_path), step=0)
     sv = np.asarray(analysis.jacobian_singular_values(run, jnp.asarray(tiny_data.x_train[:3]))["singular_values"])
     assert sv.shape == (3, 16)  # J: 16 x 64, the stem's orthonormal columns and 11 orthogonal squares
     np.testing.assert_allclose(sv, 1.0, atol=1e-4)
     # Matrix-free top/bottom-k agrees with the exact spectrum; a Gaussian net is no isometry.
     cfg2 = dataclasses.replace(cfg, init="lecun_normal")
-    train.train_run(cfg2, tiny_data, run_dir=str(tmp_path / "gauss"))
+    train_run(cfg2, tiny_data, run_dir=str(tmp_path / "gauss"))
     run2 = load_run(str(tmp_path / "gauss"), step=0)
     xs = jnp.asarray(tiny_data.x_train[:1])
     exact = np.asarray(analysis.jacobian_singular_values(run2, xs)["singular_values"][0])
@@ -146,7 +147,7 @@ def test_deep_linear_orthogonal_net_is_an_isometry(tmp_path, tiny_data):
 
 def _trained_run(tmp_path, tiny_data):
     cfg = tiny_config(depth=3, steps=4, eval_every=2, checkpoint_every=2)
-    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    train_run(cfg, tiny_data, run_dir=str(tmp_path))
     return str(tmp_path)
 
 
@@ -206,37 +207,31 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, tiny_data):
         load_run(run_dir)
 
 
-def test_analyze_command_writes_json_and_plots(tmp_path):
-    cfg = SweepConfig(
-        base=tiny_config(steps=4, eval_every=2, checkpoint_every=2, dataset="synthetic"),
-        depths=(3,),
-        activations=("tanh",),
-        norms=("batchnorm",),
-        seeds=1,
-    )
-    (row,) = run_sweep(cfg, str(tmp_path), write_report=False)
-    run_dir = tmp_path / "runs" / row["name"]
-    out = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=2")
+def test_analyze_command_writes_json_and_plots(tmp_path, bn_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(bn_run.run_dir, run_dir)  # batchnorm, depth 4, width 8, checkpoints at 0, 3, 6
+    out = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=3")
     assert out.returncode == 0, out.stderr
-    result = json.loads((run_dir / "analysis" / "step_2" / "analysis.json").read_text())
-    assert result["step"] == 2 and len(result["layer_stats"]["grad_norms"]) == 3
+    result = json.loads((run_dir / "analysis" / "step_3" / "analysis.json").read_text())
+    assert result["step"] == 3 and len(result["layer_stats"]["grad_norms"]) == bn_run.cfg.depth
     assert result["jacobian"]["method"] == "exact" and len(result["jacobian"]["singular_values"]) == 8
     for name in ("layer_norms.png", "jacobian_spectrum.png"):
-        assert (run_dir / "analysis" / "step_2" / name).stat().st_size > 10_000
-    bad = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=3")
-    assert bad.returncode == 2 and "no checkpoint at step 3" in bad.stderr and "Traceback" not in bad.stderr
+        assert (run_dir / "analysis" / "step_3" / name).stat().st_size > 10_000
+    bad = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=2")
+    assert bad.returncode == 2 and "no checkpoint at step 2" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        ([], "--run_dir is required"),
-        (["--run_dir=/nonexistent/run"], "/nonexistent/run/config.json not found: not a run folder"),
-        (["--run_dir=/nonexistent/run", "--examples=0"], "--examples and --jacobian_examples must be integers >= 1"),
-        (["--run_dir=/nonexistent/run", "--step=abc"], "--step=abc"),
-    ],
-)
+_ANALYZE_BAD = [
+    ([], "--run_dir is required"),
+    (["--run_dir=/nonexistent/run"], "/nonexistent/run/config.json not found: not a run folder"),
+    (["--run_dir=/nonexistent/run", "--examples=0"], "--examples and --jacobian_examples must be integers >= 1"),
+    (["--run_dir=/nonexistent/run", "--step=abc"], "--step=abc"),
+]
+_ANALYZE_BAD_RUNS = {tuple(args): shell("experiments.analyze", *args) for args, _ in _ANALYZE_BAD}
+
+
+@pytest.mark.parametrize("args, expected", _ANALYZE_BAD)
 def test_analyze_bad_input_is_one_line(args, expected):
-    out = run_module("experiments.analyze", *args, timeout=120)
+    out = _ANALYZE_BAD_RUNS[tuple(args)]()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and expected in out.stderr

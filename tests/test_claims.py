@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 
 import pytest
 
-from decay import claims
-from tests.conftest import run_module
+from decay.errors import ConfigError
+from decay.studies import claims
+from tests.shell import call, scratch, shell
 
 
 def _row(depth=8, chi=1.0, acc=0.9, grad_decay=1.0, weight_scale=1.0, weight_change=1.0, diverged=False):
@@ -140,11 +143,27 @@ def test_c7_calmer_loss_curve_supports_the_claim():
     assert claims.c7_seed_net(world(0.2)).verdict == "no clear difference"
 
 
-def test_tiny_real_run_writes_its_claims_and_resumes(tmp_path):
-    cfg = dataclasses.replace(claims.QUICK, width=8, steps=10, seeds=2, shallow=2, deep=8, seed_net_seeds=2, seed_net_steps=10)
-    only = ("C1", "C2", "C7", "C8")  # every kind of run (mlp, clipped, seed_cnn) at a third of the cost of all eight
+_REAL = dataclasses.replace(claims.QUICK, width=8, steps=10, seeds=2, shallow=2, deep=8, seed_net_seeds=2, seed_net_steps=10)
+_ONLY = ("C1", "C2", "C7", "C8")  # every kind of run (mlp, clipped, seed_cnn) at a third of the cost of all eight
+
+
+def _first_real_run(workdir: str) -> None:
+    """The tiny real run's first pass; it trains, so it runs in the background (tests/shell.py)."""
     seen = []
-    report = claims.run(cfg, str(tmp_path), lambda label, row: seen.append(label), only)
+    report = claims.run(_REAL, workdir, lambda label, row: seen.append(label), _ONLY)
+    with open(os.path.join(workdir, "first_pass.json"), "w") as f:
+        json.dump({"report": report, "seen": seen}, f)
+
+
+_FIRST_REAL_RUN = call("tests.test_claims:_first_real_run", scratch("claims"))
+
+
+def test_tiny_real_run_writes_its_claims_and_resumes():
+    out = _FIRST_REAL_RUN()
+    assert out.returncode == 0, out.stderr
+    tmp_path, cfg, only = scratch("claims"), _REAL, _ONLY
+    first = json.loads((tmp_path / "first_pass.json").read_text())
+    report, seen = first["report"], first["seen"]
     text = open(report).read()
     for i in (1, 2, 7, 8):
         assert f"## C{i}:" in text and (tmp_path / "claims" / f"C{i}.png").stat().st_size > 5000
@@ -153,9 +172,9 @@ def test_tiny_real_run_writes_its_claims_and_resumes(tmp_path):
     again = []
     claims.run(cfg, str(tmp_path), lambda label, row: again.append(label), only)
     assert again == [] and open(report).read() == text  # every run reused, same report
-    with pytest.raises(claims.ConfigError, match="--workdir"):
+    with pytest.raises(ConfigError, match="--workdir"):
         claims.run(dataclasses.replace(cfg, steps=11), str(tmp_path))
-    with pytest.raises(claims.ConfigError, match="--claims=C9"):
+    with pytest.raises(ConfigError, match="--claims=C9"):
         claims.run(cfg, str(tmp_path), only=["C9"])
 
 
@@ -179,15 +198,19 @@ def test_claim_figures_of_every_kind(tmp_path):
         assert (tmp_path / f"{i}.png").stat().st_size > 5000, path
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["--deep=4"], "--deep=4"),
-        (["--seeds=1"], "--seeds=1"),
-        (["--dataset=nope"], "--dataset"),
-        (["--claims=C9"], "--claims=C9"),
-    ],
-)
-def test_seed_claims_bad_flags_are_one_line(tmp_path, args, needle):
-    out = run_module("experiments.seed_claims", *args, f"--workdir={tmp_path}")
+_BAD = [
+    (["--deep=4"], "--deep=4"),
+    (["--seeds=1"], "--seeds=1"),
+    (["--dataset=nope"], "--dataset"),
+    (["--claims=C9"], "--claims=C9"),
+]
+_BAD_RUNS = {
+    tuple(args): shell("experiments.seed_claims", *args, f"--workdir={scratch(f'seed_claims_bad{i}')}")
+    for i, (args, _) in enumerate(_BAD)
+}
+
+
+@pytest.mark.parametrize("args,needle", _BAD)
+def test_seed_claims_bad_flags_are_one_line(args, needle):
+    out = _BAD_RUNS[tuple(args)]()
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr

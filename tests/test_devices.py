@@ -2,51 +2,40 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from decay import sweep, train
 from decay.config import RunConfig, SweepConfig
+from decay.loop import train_run, train_runs
+from decay.studies.depth_sweep import run_sweep
 from tests.conftest import ROOT, tiny_config, without_wall_time
-
-SWEEP = [
-    "--depths=2,3",
-    "--activations=tanh",
-    "--norms=none,batchnorm",
-    "--seeds=3",  # 3 runs on 4 devices: the run axis is padded
-    "--width=8",
-    "--batch_size=16",
-    "--steps=6",
-    "--eval_every=3",
-    "--dataset=synthetic",
-    "--compilation_cache=",
-]
+from tests.shell import scratch, shell
 
 
-def _sweep(workdir, *extra, env=None):
-    cmd = [sys.executable, "-m", "experiments.depth_sweep", f"--workdir={workdir}", *SWEEP, *extra]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-    assert out.returncode == 0, out.stderr
-    with open(os.path.join(workdir, "results.jsonl")) as f:
-        return out.stdout, [json.loads(line) for line in f]
+def test_four_devices_give_the_numbers_of_one(tmp_path, cli_sweep):
+    # The shared sweep ran from the shell on 4 devices (XLA_FLAGS; its --cpu_devices=1 did not override them).
+    assert "on 4 CPU devices" in cli_sweep.out.stdout
+    assert jax.device_count() != 4, "this process must see another device count than the sweep's"
+    # Its depth-3 tanh runs again here, on this process's device: 2 runs per program, padded to 4 there.
+    base = RunConfig(width=8, steps=6, eval_every=3, batch_size=32)  # the sweep's flags (tests/conftest.py CLI_SWEEP)
+    cfg = SweepConfig(base=base, depths=(3,), activations=("tanh",), norms=("none", "batchnorm"), seeds=2)
+    here = run_sweep(cfg, str(tmp_path), write_report=False)
+    four = {r["name"]: r for r in cli_sweep.rows}
+    assert len(here) == 4 and all(r["name"] in four for r in here)
+    assert without_wall_time([four[r["name"]] for r in here]) == without_wall_time(here)
 
 
-def test_four_devices_give_the_numbers_of_one(tmp_path):
-    env4 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out4, rows4 = _sweep(tmp_path / "four", env=env4)
-    out1, rows1 = _sweep(tmp_path / "one", "--cpu_devices=1", env={"XLA_FLAGS": ""})
-    assert "on 4 CPU devices" in out4 and "on 1 CPU device " in out1
-    assert len(rows4) == 12
-    assert without_wall_time(rows4) == without_wall_time(rows1)
+_CPU_DEVICES_3 = shell("experiments.depth_sweep", f"--workdir={scratch('cpu_devices_3')}", "--cpu_devices=3", "--width=0")
 
 
-def test_cpu_devices_flag_sets_the_device_count(tmp_path):
-    out, _ = _sweep(tmp_path / "two", "--cpu_devices=2", "--depths=2", "--norms=none", env={"XLA_FLAGS": ""})
-    assert "on 2 CPU devices" in out
+def test_cpu_devices_flag_sets_the_device_count():
+    # The device count is printed before the sweep's settings are checked (--width=0 then stops it).
+    out = _CPU_DEVICES_3()
+    assert "on 3 CPU devices" in out.stdout
+    assert out.returncode == 2 and out.stderr.strip() == "error: --width=0; must be an integer >= 1"
 
 
 def test_bad_cpu_devices_is_one_line(tmp_path):
@@ -57,24 +46,28 @@ def test_bad_cpu_devices_is_one_line(tmp_path):
 
 
 def test_runs_trained_together_equal_runs_trained_alone(tiny_data):
-    cfgs = [tiny_config(norm="batchnorm", seed=s, steps=5) for s in range(3)]
-    cfgs.append(tiny_config(norm="batchnorm", seed=7, steps=5, weight_var=2.0, bias_var=0.1))  # same program, other init
-    together = train.train_runs(cfgs, tiny_data)
-    alone = [train.train_run(c, tiny_data) for c in cfgs]
+    # steps=4, eval_every=2: chunks of 2 steps, one compiled chunk per group size (uneven chunks: the diverging test below).
+    cfgs = [tiny_config(norm="batchnorm", seed=s, steps=4) for s in range(3)]
+    cfgs.append(tiny_config(norm="batchnorm", seed=7, steps=4, weight_var=2.0, bias_var=0.1))  # same program, other init
+    together = train_runs(cfgs, tiny_data)
+    alone = [train_run(c, tiny_data) for c in cfgs]
     assert without_wall_time(together) == without_wall_time(alone)
     assert len({r["grad_norms_init"][0] for r in together}) == 4  # the runs really differ
 
 
 def test_train_runs_refuses_runs_of_different_programs(tiny_data):
     with pytest.raises(ValueError, match="differ only in seed"):
-        train.train_runs([tiny_config(), tiny_config(depth=4)], tiny_data)
+        train_runs([tiny_config(), tiny_config(depth=4)], tiny_data)
 
 
 def test_interrupted_group_resumes_to_the_same_rows(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr("decay.data.load", lambda *a: tiny_data)
-    base = RunConfig(width=8, batch_size=16, steps=6, eval_every=2, checkpoint_every=2, dataset="synthetic")
+    # The standard tier (RunConfig's default): the resumed runs also need their step-0 anchor back.
+    base = RunConfig(
+        width=8, batch_size=16, steps=6, eval_every=2, checkpoint_every=2, dataset="synthetic", instruments="standard"
+    )
     cfg = SweepConfig(base=base, depths=(3,), activations=("tanh",), norms=("batchnorm",), seeds=3)
-    clean = sweep.run_sweep(cfg, str(tmp_path / "clean"), write_report=False)
+    clean = run_sweep(cfg, str(tmp_path / "clean"), write_report=False)
 
     class Stop(Exception):
         pass
@@ -84,8 +77,8 @@ def test_interrupted_group_resumes_to_the_same_rows(tiny_data, tmp_path, monkeyp
             raise Stop
 
     with pytest.raises(Stop):
-        sweep.run_sweep(cfg, str(tmp_path / "killed"), on_progress=stop_at_4, write_report=False)
-    resumed = sweep.run_sweep(cfg, str(tmp_path / "killed"), write_report=False)
+        run_sweep(cfg, str(tmp_path / "killed"), on_progress=stop_at_4, write_report=False)
+    resumed = run_sweep(cfg, str(tmp_path / "killed"), write_report=False)
     assert without_wall_time(resumed) == without_wall_time(clean)
 
 
@@ -94,8 +87,8 @@ def test_a_run_diverging_in_its_group_leaves_the_others_as_if_alone(tiny_data):
     # come from a run that is still training.
     kw = dict(norm="none", activation="relu", steps=7, eval_every=3)
     cfgs = [tiny_config(seed=0, weight_var=1e10, **kw), tiny_config(seed=1, **kw)]  # the first diverges at step 2
-    together = train.train_runs(cfgs, tiny_data)
+    together = train_runs(cfgs, tiny_data)
     assert together[0]["diverged"] and not together[1]["diverged"]
-    alone = train.train_run(cfgs[1], tiny_data)
+    alone = train_run(cfgs[1], tiny_data)
     assert without_wall_time([together[1]]) == without_wall_time([alone])
     assert [h["step"] for h in together[1]["history"]] == [0, 3, 6, 7]

@@ -12,9 +12,14 @@ import optax
 import pytest
 from flax import nnx
 
-from decay import analysis, instruments, models, sweep, train
+from decay import analysis, instruments, theory
 from decay.config import RunConfig, SweepConfig
-from tests.conftest import run_module, tiny_config
+from decay.loop import train_run
+from decay.program import init_state
+from decay.step import apply, curvature_trace, gradients, grads_and_stats, loss_fn
+from decay.studies.depth_sweep import run_sweep
+from tests.conftest import make_tiny_data, tiny_config
+from tests.shell import call, scratch, shell
 
 
 def _batch(data, n=16):
@@ -22,13 +27,10 @@ def _batch(data, n=16):
 
 
 def _stats(cfg, data, params=None, n=16):
-    prog, state = train.init_state(cfg, data)
+    prog, state = init_state(cfg, data)
     params = state.params if params is None else params
     x, y = _batch(data, n)
-    hidden = models.hidden_shape(cfg, data.x_train.shape[1:])
-    fn = jax.jit(
-        lambda p, bs: train._grads_and_stats(prog.graphdef, cfg.depth, hidden, p, bs, x, y, cfg.instruments, state.anchor)[2]
-    )
+    fn = jax.jit(lambda p, bs: grads_and_stats(prog.net, p, bs, x, y, cfg.instruments, state.anchor)[2])
     return prog, state, {k: np.asarray(v) for k, v in fn(params, state.batch_stats).items()}
 
 
@@ -36,7 +38,7 @@ def _per_example_kernel_grads(prog, state, x, y):
     """Each example's own loss gradient by vmap over the batch (no batchnorm): hidden kernels per layer, [B, ...]."""
 
     def one(params, xi, yi):
-        logits, _, _ = train._apply(prog.graphdef, params, state.batch_stats, xi[None], None, True)
+        logits, _, _ = apply(prog.graphdef, params, state.batch_stats, xi[None], None, True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).mean()
 
     g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(state.params, x, y)
@@ -50,8 +52,8 @@ def test_per_sample_gradients_average_to_the_batch_gradient_and_match_vmap(tiny_
     prog, state, s = _stats(cfg, tiny_data)
     x, y = _batch(tiny_data)
     per_example = _per_example_kernel_grads(prog, state, x, y)
-    batch = models.layer_kernels(
-        nnx.to_pure_dict(train.gradients(nnx.merge(prog.graphdef, state.params, state.batch_stats), x, y))
+    batch = prog.net.family.layer_kernels(
+        nnx.to_pure_dict(gradients(nnx.merge(prog.graphdef, state.params, state.batch_stats), x, y))
     )
     batch = [np.asarray(batch[0][0])] + [np.asarray(batch[1][l]) for l in range(batch[1].shape[0])]
     for l, (g_i, g) in enumerate(zip(per_example, batch, strict=True)):
@@ -69,7 +71,7 @@ def test_batchnorm_per_sample_contributions_sum_to_the_batch_gradient(tiny_data)
     prog, state, s = _stats(cfg, tiny_data)
     x, y = _batch(tiny_data)
     probes = jnp.zeros((cfg.depth, x.shape[0], cfg.width))
-    grads, probe_grads = jax.grad(lambda p, pr: train._loss(prog.graphdef, p, pr, state.batch_stats, x, y)[0], argnums=(0, 1))(
+    grads, probe_grads = jax.grad(lambda p, pr: loss_fn(prog.graphdef, p, pr, state.batch_stats, x, y)[0], argnums=(0, 1))(
         state.params, probes
     )
     xf = np.asarray(x.reshape(x.shape[0], -1))
@@ -81,38 +83,33 @@ def test_batchnorm_per_sample_contributions_sum_to_the_batch_gradient(tiny_data)
     )
 
 
-def _exact_hessian(loss, params):
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    return np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat), np.float64)
+@pytest.fixture(scope="module", params=["none", "batchnorm"])
+def tiny_hessian(request, tiny_data):
+    """(loss, params, family, exact Hessian in float64) of a depth-2 width-4 net on 16 examples; `request.param`: the norm."""
+    import jax.flatten_util
+
+    cfg = tiny_config(depth=2, width=4, norm=request.param)
+    prog, state = init_state(cfg, tiny_data)
+    x, y = _batch(tiny_data)
+    loss = lambda p: loss_fn(prog.graphdef, p, None, state.batch_stats, x, y)[0]  # noqa: E731
+    flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+    h = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat), np.float64)  # jit: one compile, not op by op
+    return loss, state.params, prog.net.family, h
 
 
-def _tiny_loss(data, norm="none"):
-    cfg = tiny_config(depth=2, width=4, norm=norm)
-    prog, state = train.init_state(cfg, data)
-    x, y = _batch(data)
-    return (lambda p: train._loss(prog.graphdef, p, None, state.batch_stats, x, y)[0]), state.params
-
-
-@pytest.mark.parametrize("norm", ["none", "batchnorm"])
-def test_hutchinson_trace_matches_the_exact_trace_within_its_error(tiny_data, norm):
-    import jax.flatten_util  # noqa: F401
-
-    loss, params = _tiny_loss(tiny_data, norm)
-    h = _exact_hessian(loss, params)
+def test_hutchinson_trace_matches_the_exact_trace_within_its_error(tiny_hessian):
+    loss, params, family, h = tiny_hessian
     probes = 400
-    est, layers = jax.jit(lambda p, k: train.curvature_trace(loss, p, k, probes))(params, jax.random.key(3))
+    est, layers = jax.jit(lambda p, k: curvature_trace(family, loss, p, k, probes))(params, jax.random.key(3))
     # Var(v^T H v) for Rademacher v is 2 * sum_{i != j} H_ij^2.
     se = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / probes)
     assert abs(float(est) - np.trace(h)) < 4 * se, (float(est), np.trace(h), se)
     assert layers.shape == (2,)
 
 
-@pytest.mark.parametrize("norm", ["none", "batchnorm"])
-def test_power_iteration_finds_the_top_eigenvalue_of_the_exact_hessian(tiny_data, norm):
-    import jax.flatten_util  # noqa: F401
-
-    loss, params = _tiny_loss(tiny_data, norm)
-    top = np.linalg.eigvalsh(_exact_hessian(loss, params))[-1]
+def test_power_iteration_finds_the_top_eigenvalue_of_the_exact_hessian(tiny_hessian):
+    loss, params, _, h = tiny_hessian
+    top = np.linalg.eigvalsh(h)[-1]
     est = jax.jit(lambda p, k: instruments.top_eigenvalue(loss, p, k, iters=300))(params, jax.random.key(0))
     np.testing.assert_allclose(float(est), top, rtol=1e-2)
 
@@ -136,13 +133,14 @@ def test_c_tends_to_one_with_depth_for_tanh_in_the_ordered_phase(tiny_data):
     assert c[0] < 0.5 < c[-1]
     assert c[-1] > 0.99
     assert np.all(np.diff(c[4:]) > -1e-3)  # non-decreasing after the first layers
-    row = train._instrument_fields(cfg, data, {}, {}, [])
-    assert row["c_star_theory"] == pytest.approx(1.0)
+    # The row's c_star_theory (decay.row asks theory.fixed_point_of with the data's fan-in).
+    _, c_star = theory.fixed_point_of(cfg, int(np.prod(data.x_train.shape[1:])))
+    assert c_star == pytest.approx(1.0)
 
 
 def test_dead_fraction_is_one_for_a_relu_layer_with_negative_bias_and_zero_weights(tiny_data):
     cfg = tiny_config(activation="relu", instruments="standard")
-    prog, state = train.init_state(cfg, tiny_data)
+    prog, state = init_state(cfg, tiny_data)
     p = nnx.to_pure_dict(state.params)
     p["stem"]["linear"]["kernel"] = jnp.zeros_like(p["stem"]["linear"]["kernel"])
     p["stem"]["linear"]["bias"] = -jnp.ones_like(p["stem"]["linear"]["bias"])
@@ -159,7 +157,7 @@ def test_dead_fraction_is_one_for_a_relu_layer_with_negative_bias_and_zero_weigh
 
 def test_distance_from_init_is_zero_at_init_and_matches_the_checkpoints(tiny_data, tmp_path):
     cfg = tiny_config(instruments="standard", steps=6)
-    row = train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    row = train_run(cfg, tiny_data, run_dir=str(tmp_path))
     assert row["distance_init"] == [0.0] * cfg.depth
     assert all(d > 0 for d in row["distance_final"])
     run = analysis.load_run(str(tmp_path))
@@ -168,11 +166,29 @@ def test_distance_from_init_is_zero_at_init_and_matches_the_checkpoints(tiny_dat
     assert analysis.distance_from_init(analysis.load_run(str(tmp_path), 0)).tolist() == [0.0] * cfg.depth
 
 
-def test_full_tier_sweep_writes_rows_tensorboard_and_figures(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr("decay.data.load", lambda *a: tiny_data)
-    base = RunConfig(width=8, batch_size=16, steps=4, eval_every=2, instruments="full", instrument_every=2, dataset="synthetic")
-    cfg = SweepConfig(base=base, depths=(3,), activations=("relu",), norms=("none", "batchnorm"), seeds=1)
-    rows = sweep.run_sweep(cfg, str(tmp_path))
+_FULL_BASE = RunConfig(width=8, batch_size=16, steps=4, eval_every=2, instruments="full", instrument_every=2, dataset="synthetic")
+
+
+def _full_tier_sweep(workdir: str) -> None:
+    """The full-tier sweep on the tiny data; it trains, so it runs in the background (tests/shell.py)."""
+    import decay.data
+
+    tiny = make_tiny_data()
+    decay.data.load = lambda *a: tiny  # the background process is this sweep's own
+    cfg = SweepConfig(base=_FULL_BASE, depths=(3,), activations=("relu",), norms=("none", "batchnorm"), seeds=1)
+    rows = run_sweep(cfg, workdir)
+    with open(os.path.join(workdir, "rows.json"), "w") as f:
+        json.dump(rows, f)
+
+
+_FULL_TIER_SWEEP = call("tests.test_instruments:_full_tier_sweep", scratch("full_tier_sweep"))
+
+
+def test_full_tier_sweep_writes_rows_tensorboard_and_figures():
+    out = _FULL_TIER_SWEEP()
+    assert out.returncode == 0, out.stderr
+    tmp_path, base = scratch("full_tier_sweep"), _FULL_BASE
+    rows = json.loads((tmp_path / "rows.json").read_text())  # as run_sweep returned them
     for r in rows:
         for key in ("q", "c", "dead_fraction", "distance", "per_sample_grad_norm", "grad_snr", "b_simple_layers"):
             assert len(r[f"{key}_init"]) == 3 and len(r[f"{key}_final"]) == 3, key
@@ -195,9 +211,9 @@ def test_full_tier_sweep_writes_rows_tensorboard_and_figures(tiny_data, tmp_path
     assert [e.step for e in acc.Scalars("hessian/top_eigenvalue")] == [0, 2, 4]
 
 
-def test_analysis_functions_on_a_reopened_checkpoint(tiny_data, tmp_path):
+def test_analysis_functions_on_a_reopened_checkpoint(tiny_data, tmp_path, bn_run):
     cfg = tiny_config(activation="relu", instruments="basic", steps=4)
-    train.train_run(cfg, tiny_data, run_dir=str(tmp_path))
+    train_run(cfg, tiny_data, run_dir=str(tmp_path))
     run = analysis.load_run(str(tmp_path))
     x, y = _batch(tiny_data)
     stats = analysis.activation_stats(run, x, y)
@@ -210,24 +226,27 @@ def test_analysis_functions_on_a_reopened_checkpoint(tiny_data, tmp_path):
     top = analysis.hessian_top_eigenvalue(run, x, y)
     trace = analysis.hessian_trace(run, x, y)
     assert top > 0 and trace["layers"].shape == (cfg.depth,)
-    with pytest.raises(ValueError, match="gradient_noise"):
-        train.train_run(tiny_config(norm="batchnorm", steps=1), tiny_data, run_dir=str(tmp_path / "bn"))
-        analysis.per_sample_gradients(analysis.load_run(str(tmp_path / "bn")), x, y)
+    with pytest.raises(ValueError, match="gradient_noise"):  # batchnorm couples the examples
+        analysis.per_sample_gradients(analysis.load_run(str(bn_run.run_dir)), x, y)
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--instruments=most"], "error: --instruments='most' is unknown; allowed: basic, standard, full"),
-        (["--instrument_every=0"], "error: --instrument_every=0; must be an integer >= 1"),
-    ],
-)
-def test_bad_instrument_flags_are_one_line(tmp_path, args, expected):
-    out = run_module("experiments.depth_sweep", f"--workdir={tmp_path}", *args)
+_BAD = [
+    (["--instruments=most"], "error: --instruments='most' is unknown; allowed: basic, standard, full"),
+    (["--instrument_every=0"], "error: --instrument_every=0; must be an integer >= 1"),
+]
+_BAD_RUNS = {
+    tuple(args): shell("experiments.depth_sweep", f"--workdir={scratch(f'instruments_bad{i}')}", *args)
+    for i, (args, _) in enumerate(_BAD)
+}
+
+
+@pytest.mark.parametrize("args, expected", _BAD)
+def test_bad_instrument_flags_are_one_line(args, expected):
+    out = _BAD_RUNS[tuple(args)]()
     assert out.returncode == 2
     assert out.stderr.strip() == expected
 
 
-def test_results_rows_are_strict_json(tiny_data):
-    row = train.train_run(tiny_config(activation="tanh", instruments="full", steps=2, instrument_every=1), tiny_data)
-    json.loads(json.dumps(row, allow_nan=False))  # NaN dead fractions of tanh become null
+def test_results_rows_are_strict_json(full_row):
+    assert full_row["activation"] == "tanh" and full_row["instruments"] == "full"
+    json.loads(json.dumps(full_row, allow_nan=False))  # NaN dead fractions of tanh become null

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from decay import histograms, plots, report, train
-from tests.conftest import run_module, tiny_config
+from decay import histograms, plots, report
+from decay.loop import train_run
+from tests.conftest import tiny_config
+from tests.shell import scratch, shell
 
 
 def _events(log_dir):
@@ -23,7 +25,7 @@ def _events(log_dir):
 
 def test_tensorboard_events_hold_per_layer_scalars_and_histograms(tmp_path, tiny_data):
     cfg = tiny_config(depth=3, width=8, steps=8, eval_every=4, log_every=2, histograms=True)
-    row = train.train_run(cfg, tiny_data, log_dir=str(tmp_path / "tb"))
+    row = train_run(cfg, tiny_data, log_dir=str(tmp_path / "tb"))
     acc = _events(tmp_path / "tb")
     scalars = set(acc.Tags()["scalars"])
     for prefix in ("grad_norm", "signal_norm", "act_rms", "update_ratio", "grad_nan", "grad_inf", "grad_zero"):
@@ -103,8 +105,7 @@ def _row(depth, seed, activation="tanh", norm="none", signal=None, diverged=Fals
     }
 
 
-@pytest.fixture
-def awkward_rows():
+def _awkward_rows():
     """Two configs, two depths, two seeds; a diverged run; NaN, Inf, zero, 1e-30 and 1e30 values."""
     rows = [_row(d, s, norm=n) for d in (2, 6) for s in (0, 1) for n in ("none", "batchnorm")]
     rows[1]["signal_norms_init"] = [float("nan"), 1e-30]
@@ -113,6 +114,22 @@ def awkward_rows():
     rows[7] = _row(6, 1, norm="batchnorm", diverged=True, acc=None)
     rows[7]["chi"] = None
     return rows
+
+
+@pytest.fixture
+def awkward_rows():
+    return _awkward_rows()
+
+
+def _report_workdir():
+    workdir = scratch("report_rows", make=True)
+    with open(workdir / "results.jsonl", "w") as f:
+        for r in _awkward_rows():
+            f.write(json.dumps(r) + "\n")  # Python's json writes NaN/Infinity tokens; the reader copes
+    return workdir
+
+
+_REPORT = shell("experiments.report", f"--workdir={_report_workdir()}")
 
 
 def test_plots_survive_nan_inf_zero_and_huge_ranges(tmp_path, awkward_rows):
@@ -134,12 +151,10 @@ def test_safe_log10_separates_what_a_log_axis_cannot_show():
     assert masks["nan"].tolist() == [False, False, True, False, False, True]
 
 
-def test_report_from_results_alone(tmp_path, awkward_rows):
-    with open(tmp_path / "results.jsonl", "w") as f:
-        for r in awkward_rows:
-            f.write(json.dumps(r) + "\n")  # Python's json writes NaN/Infinity tokens; the reader copes
-    out = run_module("experiments.report", f"--workdir={tmp_path}", timeout=120)
+def test_report_from_results_alone():
+    out = _REPORT()  # on the awkward rows, written to results.jsonl when this module was imported
     assert out.returncode == 0, out.stderr
+    tmp_path = scratch("report_rows")
     text = (tmp_path / "report.md").read_text()
     assert "| depth | activation | norm |" in text
     assert "**tanh without normalization**" in text and "**tanh with batchnorm**" in text
@@ -150,8 +165,12 @@ def test_report_from_results_alone(tmp_path, awkward_rows):
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file()
 
 
-def test_report_command_without_results_is_one_line(tmp_path):
-    out = run_module("experiments.report", f"--workdir={tmp_path}", timeout=120)
+_REPORT_EMPTY = shell("experiments.report", f"--workdir={scratch('report_empty', make=True)}")
+_REPORT_NO_WORKDIR = shell("experiments.report")
+
+
+def test_report_command_without_results_is_one_line():
+    out = _REPORT_EMPTY()
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "has no results.jsonl" in out.stderr
 
 
@@ -165,5 +184,5 @@ def test_config_sentence_names_the_failure():
 
 
 def test_report_command_requires_workdir():
-    out = run_module("experiments.report", timeout=120)
+    out = _REPORT_NO_WORKDIR()
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--workdir is required" in out.stderr

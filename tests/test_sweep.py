@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 
 import pytest
 from absl import flags
 
 from decay import ConfigError, SweepConfig, run_sweep
-from tests.conftest import run_module, tiny_config, without_wall_time
+from tests.conftest import tiny_config, without_wall_time
+from tests.shell import scratch, shell
 
 REQUIRED = [
     "model",
@@ -43,27 +43,11 @@ REQUIRED = [
 ]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return run_module("experiments.depth_sweep", *args)
-
-
-def test_depth_sweep_end_to_end(tmp_path):
-    workdir = tmp_path / "sweep"
-    args = [
-        f"--workdir={workdir}",
-        "--depths=2,3",
-        "--activations=tanh,relu",
-        "--norms=none,batchnorm",
-        "--seeds=2",
-        "--width=8",
-        "--steps=6",
-        "--eval_every=3",
-        "--batch_size=32",
-    ]
-    out = _cli(*args)
-    assert out.returncode == 0, out.stderr
+def test_depth_sweep_end_to_end(cli_sweep, capsys):
+    # The sweep itself ran once from the shell (tests/conftest.py, shared with test_devices).
+    workdir, out = cli_sweep.workdir, cli_sweep.out
     assert "[16/16]" in out.stdout and "| depth | activation | norm |" in out.stdout
-    rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    rows = cli_sweep.rows
     assert len(rows) == 16
     assert {(r["depth"], r["activation"], r["norm"], r["seed"]) for r in rows} == {
         (d, a, n, s) for d in (2, 3) for a in ("tanh", "relu") for n in ("none", "batchnorm") for s in (0, 1)
@@ -78,24 +62,27 @@ def test_depth_sweep_end_to_end(tmp_path):
         assert [h["step"] for h in r["history"]] == [0, 3, 6]
     config = json.loads((workdir / "config.json").read_text())
     assert config["depths"] == [2, 3] and config["base"]["width"] == 8
+    assert (workdir / "report.md").is_file()
 
-    # Same command again: every run is skipped and results.jsonl is untouched.
+    # Same command again (the entry point's main, in this process): every run is skipped, results.jsonl untouched.
     before = (workdir / "results.jsonl").read_bytes()
-    again = _cli(*args)
-    assert again.returncode == 0 and again.stdout.count("skipped") == 16
+    code, stdout, _ = _main(capsys, *cli_sweep.args)
+    assert code == 0 and stdout.count("skipped") == 16
     assert (workdir / "results.jsonl").read_bytes() == before
 
     # Different flags on the same workdir: refused, naming the flag.
-    other = _cli(*args[:-1], "--batch_size=16")
-    assert other.returncode != 0 and "--batch_size (32 -> 16)" in other.stderr
+    other = [a for a in cli_sweep.args if not a.startswith("--batch_size")]
+    code, _, err = _main(capsys, *other, "--batch_size=16", "--quiet")
+    assert code != 0 and "--batch_size (32 -> 16)" in err and "\n" not in err
+    assert (workdir / "results.jsonl").read_bytes() == before
 
 
 def test_same_seed_gives_identical_results(tmp_path):
     cfg = SweepConfig(
         base=tiny_config(steps=5, dataset="synthetic"), depths=(3,), activations=("tanh",), norms=("batchnorm",), seeds=2
     )
-    a = run_sweep(cfg, str(tmp_path / "a"))
-    b = run_sweep(cfg, str(tmp_path / "b"))
+    a = run_sweep(cfg, str(tmp_path / "a"), write_report=False)  # the report is checked elsewhere
+    b = run_sweep(cfg, str(tmp_path / "b"), write_report=False)
     assert without_wall_time(a) == without_wall_time(b)
     assert a[0]["signal_norms_init"] != a[1]["signal_norms_init"]  # different seeds differ
 
@@ -108,7 +95,7 @@ def test_diverging_run_is_recorded_and_sweep_goes_on(tmp_path):
         norms=("none",),
         seeds=1,
     )
-    rows = run_sweep(cfg, str(tmp_path))
+    rows = run_sweep(cfg, str(tmp_path), write_report=False)  # reports of diverged rows: test_logging
     assert len(rows) == 2
     for r in rows:
         assert r["diverged"] is True and 0 <= r["diverged_at_step"] < 20
@@ -128,16 +115,27 @@ def test_steps_zero_measures_at_initialization(tmp_path):
 # ---- bad input: one line on stderr naming the flag, non-zero exit, no traceback ----
 
 
-def _run_main(capsys, *args):
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the depth sweep's main with these flags, in this process."""
     from experiments import depth_sweep
 
+    capsys.readouterr()
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["depth_sweep", *args])
-    with pytest.raises(SystemExit) as exc:
+    try:
         depth_sweep.main(["depth_sweep"])
-    err = capsys.readouterr().err.strip()
-    flags.FLAGS.unparse_flags()
-    return exc.value.code, err
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip()
+
+
+def _run_main(capsys, *args):
+    code, _, err = _main(capsys, *args)
+    return code, err
 
 
 @pytest.mark.parametrize(
@@ -176,9 +174,16 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
     assert expected in err
 
 
-@pytest.mark.parametrize("args, flag", [(["--activations=softsign"], "--activations"), (["--width=abc"], "--width")])
-def test_bad_input_from_the_shell_has_no_traceback(tmp_path, args, flag):
-    out = _cli(f"--workdir={tmp_path}", "--depths=2", *args)
+_SHELL_BAD = [(["--activations=softsign"], "--activations"), (["--width=abc"], "--width")]
+_SHELL_BAD_RUNS = {
+    tuple(args): shell("experiments.depth_sweep", f"--workdir={scratch(f'sweep_bad{i}')}", "--depths=2", *args)
+    for i, (args, _) in enumerate(_SHELL_BAD)
+}
+
+
+@pytest.mark.parametrize("args, flag", _SHELL_BAD)
+def test_bad_input_from_the_shell_has_no_traceback(args, flag):
+    out = _SHELL_BAD_RUNS[tuple(args)]()
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and flag in out.stderr
 

@@ -10,9 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from decay import data, metrics, phase, theory, train
+from decay import data, metrics, theory
+from decay.config import RunConfig
+from decay.errors import ConfigError
 from decay.layers import INITIALIZERS
-from tests.conftest import run_module, tiny_config
+from decay.loop import train_run
+from decay.studies import phase
+from tests.conftest import tiny_config
+from tests.shell import scratch, shell
 
 
 @pytest.mark.parametrize("weight_var", [0.5, 1.3, 2.0, 3.7])
@@ -142,7 +147,7 @@ def _measured_and_theory(**overrides) -> tuple[float, float]:
     ds = data.load("synthetic", None, 0)
     settings = dict(dataset="synthetic", depth=20, width=512, batch_size=128, steps=0) | overrides
     cfg = dataclasses.replace(tiny_config(), **settings)
-    row = train.train_run(cfg, ds)
+    row = train_run(cfg, ds)
     return row["chi"], row["chi_theory"]
 
 
@@ -171,7 +176,7 @@ def test_wide_batchnorm_relu_net_explodes_as_predicted():
 
 
 def test_rows_carry_theory_or_say_why_not(tiny_data):
-    row = train.train_run(tiny_config(steps=0), tiny_data)
+    row = train_run(tiny_config(steps=0), tiny_data)
     assert row["chi_theory"] is not None and len(row["signal_profile_theory"]) == 3
     assert row["signal_profile_theory"][-1] == pytest.approx(1.0)
     assert row["theory"].startswith("mean field")
@@ -185,40 +190,52 @@ def test_rows_carry_theory_or_say_why_not(tiny_data):
     assert f"{s['chi_theory']:.3f}" in metrics.summary_table(both)
 
 
+_THEORY_JSON = shell("experiments.theory", "--activation=relu", "--norm=batchnorm", "--batch_size=32", "--json")
+_THEORY_TABLE = shell("experiments.theory", "--activation=tanh", "--weight_var=3", "--bias_var=0.05")
+
+
 def test_theory_cli_prints_json_and_table():
-    out = run_module("experiments.theory", "--activation=relu", "--norm=batchnorm", "--batch_size=32", "--json")
+    out = _THEORY_JSON()
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["chi"] == pytest.approx(theory.batchnorm_chi_relu(32), rel=1e-9) and doc["verdict"] == "exploding"
-    table = run_module("experiments.theory", "--activation=tanh", "--weight_var=3", "--bias_var=0.05")
+    table = _THEORY_TABLE()
     assert table.returncode == 0 and "| plain_phase | chaotic |" in table.stdout
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["--activation=nope"], "--activation=nope"),
-        (["--weight_var=-1"], "--weight_var"),
-        (["--norm=batchnorm", "--batch_size=4"], "--batch_size=4"),
-        (["--norm=groupnorm"], "--norm=groupnorm"),
-        (["--init=xavier"], "--init=xavier"),
-        (["--bias_var=-0.1"], "--bias_var"),
-        (["--depth=1"], "--depth=1"),
-        (["--q_in=0"], "--q_in"),
-        (["--residual_scale=nan"], "--residual_scale"),
-        (["--norm=batchnorm", "--residual_scale=0.5"], "--norm=batchnorm with --residual_scale"),
-    ],
-)
+_THEORY_BAD = [
+    (["--activation=nope"], "--activation=nope"),
+    (["--weight_var=-1"], "--weight_var"),
+    (["--norm=batchnorm", "--batch_size=4"], "--batch_size=4"),
+    (["--norm=groupnorm"], "--norm=groupnorm"),
+    (["--init=xavier"], "--init=xavier"),
+    (["--bias_var=-0.1"], "--bias_var"),
+    (["--depth=1"], "--depth=1"),
+    (["--q_in=0"], "--q_in"),
+    (["--residual_scale=nan"], "--residual_scale"),
+    (["--norm=batchnorm", "--residual_scale=0.5"], "--norm=batchnorm with --residual_scale"),
+]
+_THEORY_BAD_RUNS = {tuple(args): shell("experiments.theory", *args) for args, _ in _THEORY_BAD}
+
+
+@pytest.mark.parametrize("args,needle", _THEORY_BAD)
 def test_theory_cli_bad_flags_are_one_line(args, needle):
-    out = run_module("experiments.theory", *args)
+    out = _THEORY_BAD_RUNS[tuple(args)]()
     assert out.returncode == 2 and needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
-def test_phase_diagram_writes_figure_and_json_and_resumes(tmp_path):
-    args = ["--weight_vars=1.0,3.0", "--depths=2,4", "--steps=3", "--width=8", "--seeds=1", f"--workdir={tmp_path}"]
-    out = run_module("experiments.phase_diagram", *args)
+_PHASE = shell(
+    "experiments.phase_diagram",
+    *["--weight_vars=1.0,3.0", "--depths=2,4", "--steps=3", "--width=8", "--seeds=1", f"--workdir={scratch('phase')}"],
+    heavy=True,
+)
+
+
+def test_phase_diagram_writes_figure_and_json_and_resumes():
+    out = _PHASE()
     assert out.returncode == 0, out.stderr
+    tmp_path = scratch("phase")
     doc = json.loads((tmp_path / "phase_diagram.json").read_text())
     assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
     assert doc["accuracy"]["depths"] == [2, 4] and len(doc["accuracy"]["test_accuracy"][0]) == 2
@@ -227,23 +244,31 @@ def test_phase_diagram_writes_figure_and_json_and_resumes(tmp_path):
     assert chi.shape == (len(doc["theory"]["bias_vars"]), len(doc["theory"]["weight_vars"]))
     # The same experiment again, in-process: every run is found in runs.jsonl, none is retrained.
     cfg = phase.PhaseConfig(
-        base=phase.RunConfig(activation="tanh", width=8, steps=3, checkpoint_every=0),
+        base=RunConfig(activation="tanh", width=8, steps=3, checkpoint_every=0, instruments="basic"),  # the CLI's
         weight_vars=(1.0, 3.0),
         depths=(2, 4),
         seeds=1,
     )
-    seen = []
-    again = phase.run(cfg, str(tmp_path), lambda i, n, row, run_cfg: seen.append(row))
-    assert seen == [None] * 4 and again["accuracy"] == doc["accuracy"]
+    events = []
+    again = phase.run(cfg, str(tmp_path), events.append)
+    assert [(e.kind, e.row) for e in events] == [("skip", None)] * 4 and again["accuracy"] == doc["accuracy"]
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
-    with pytest.raises(phase.ConfigError, match="--workdir"):
+    with pytest.raises(ConfigError, match="--workdir"):
         phase.run(dataclasses.replace(cfg, bias_var=0.1), str(tmp_path))
 
 
-def test_phase_diagram_bad_flags_are_one_line(tmp_path):
-    out = run_module("experiments.phase_diagram", "--weight_vars=1,x", f"--workdir={tmp_path}")
+_PHASE_BAD = [
+    shell("experiments.phase_diagram", "--weight_vars=1,x", f"--workdir={scratch('phase_bad')}"),
+    shell("experiments.phase_diagram", "--depths=1,4", f"--workdir={scratch('phase_bad')}"),
+    shell("experiments.phase_diagram", "--bias_var=-1", "--seeds=0", f"--workdir={scratch('phase_bad')}"),
+]
+
+
+def test_phase_diagram_bad_flags_are_one_line():
+    out = _PHASE_BAD[0]()
     assert out.returncode == 2 and "--weight_vars" in out.stderr and "Traceback" not in out.stderr
-    out = run_module("experiments.phase_diagram", "--depths=1,4", f"--workdir={tmp_path}")
+    out = _PHASE_BAD[1]()
     assert out.returncode == 2 and "--depths" in out.stderr and "Traceback" not in out.stderr
-    out = run_module("experiments.phase_diagram", "--bias_var=-1", "--seeds=0", f"--workdir={tmp_path}")
+    out = _PHASE_BAD[2]()
     assert out.returncode == 2 and ("--bias_var" in out.stderr or "--seeds" in out.stderr) and "Traceback" not in out.stderr
+    assert not scratch("phase_bad").exists()  # refused before the workdir was made

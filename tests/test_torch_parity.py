@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from decay import data, models, optim, train
+from decay import data, optim
+from decay.program import init_state
+from decay.step import grads_and_stats, train_step
 from tests.conftest import tiny_config
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install -r requirements-torch.txt")
@@ -76,7 +78,7 @@ def test_seed_cnn_matches_pytorch_loss_gradients_and_sgd_step(seed):
     )
     x, y = ds.x_train[:64], ds.y_train[:64]
 
-    prog, state = train.init_state(cfg, ds)
+    prog, state = init_state(cfg, ds)
     params = nnx.to_pure_dict(state.params)
     net = seed_net(6 * (side - 2) ** 2)
     net.train()
@@ -84,12 +86,8 @@ def test_seed_cnn_matches_pytorch_loss_gradients_and_sgd_step(seed):
     sgd = torch.optim.SGD(net.parameters(), lr=0.01)
 
     # decay: one pure train step (the same function the sweep runs), its loss and gradients.
-    grads, _, stats = train._grads_and_stats(
-        prog.graphdef, 1, models.hidden_shape(cfg, (side, side, 1)), state.params, state.batch_stats, x, y
-    )
-    new_state, _ = train.train_step(
-        prog.graphdef, optim.build("sgd", 0.01), 1, models.hidden_shape(cfg, (side, side, 1)), state, x, y
-    )
+    grads, _, stats = grads_and_stats(prog.net, state.params, state.batch_stats, x, y)
+    new_state, _ = train_step(prog.net, optim.build("sgd", 0.01), state, x, y)
 
     # PyTorch: the seed's loop body.
     sgd.zero_grad()
