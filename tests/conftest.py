@@ -103,8 +103,13 @@ class CliSweep(NamedTuple):
 
 _CLI_SWEEP_ARGS = [f"--workdir={shell.scratch('cli_sweep')}", *CLI_SWEEP]
 # XLA_FLAGS forces four CPU devices, and --cpu_devices=1 must not override it.
-_CLI_SWEEP = shell.Command(
-    "experiments.depth_sweep", *_CLI_SWEEP_ARGS, "--cpu_devices=1", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+_CLI_SWEEP = shell.shell(
+    "experiments.depth_sweep",
+    *_CLI_SWEEP_ARGS,
+    "--cpu_devices=1",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    heavy=True,
+    needed_by="cli_sweep",
 )
 
 
@@ -122,11 +127,20 @@ def cli_sweep() -> CliSweep:
     return CliSweep(workdir, list(_CLI_SWEEP_ARGS), out, rows)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "background: the test waits for heavy work started in the background (tests/shell.py); it runs last"
+    )
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Tests that wait for background work run last, so that the work overlaps with all the others (order kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
 def pytest_collection_finish(session) -> None:
-    """Starts the command lines that the tests about to run need, in the background."""
-    shell.start({item.module.__name__ for item in session.items if getattr(item, "module", None)})
-    if any("cli_sweep" in getattr(item, "fixturenames", ()) for item in session.items):
-        _CLI_SWEEP.start()
+    """Starts what the tests about to run need from the shell, in the background (tests/shell.py)."""
+    shell.start(session.items)
 
 
 def pytest_sessionfinish(session) -> None:

@@ -158,6 +158,7 @@ def _first_real_run(workdir: str) -> None:
 _FIRST_REAL_RUN = call("tests.test_claims:_first_real_run", scratch("claims"))
 
 
+@pytest.mark.background  # waits for work started at collection (tests/shell.py)
 def test_tiny_real_run_writes_its_claims_and_resumes():
     out = _FIRST_REAL_RUN()
     assert out.returncode == 0, out.stderr

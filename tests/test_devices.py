@@ -15,6 +15,7 @@ from tests.conftest import ROOT, tiny_config, without_wall_time
 from tests.shell import scratch, shell
 
 
+@pytest.mark.background  # waits for work started at collection (tests/shell.py)
 def test_four_devices_give_the_numbers_of_one(tmp_path, cli_sweep):
     # The shared sweep ran from the shell on 4 devices (XLA_FLAGS; its --cpu_devices=1 did not override them).
     assert "on 4 CPU devices" in cli_sweep.out.stdout

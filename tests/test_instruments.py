@@ -184,6 +184,7 @@ def _full_tier_sweep(workdir: str) -> None:
 _FULL_TIER_SWEEP = call("tests.test_instruments:_full_tier_sweep", scratch("full_tier_sweep"))
 
 
+@pytest.mark.background  # waits for work started at collection (tests/shell.py)
 def test_full_tier_sweep_writes_rows_tensorboard_and_figures():
     out = _FULL_TIER_SWEEP()
     assert out.returncode == 0, out.stderr

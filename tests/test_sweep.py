@@ -43,6 +43,7 @@ REQUIRED = [
 ]
 
 
+@pytest.mark.background  # waits for work started at collection (tests/shell.py)
 def test_depth_sweep_end_to_end(cli_sweep, capsys):
     # The sweep itself ran once from the shell (tests/conftest.py, shared with test_devices).
     workdir, out = cli_sweep.workdir, cli_sweep.out

@@ -232,6 +232,7 @@ _PHASE = shell(
 )
 
 
+@pytest.mark.background  # waits for work started at collection (tests/shell.py)
 def test_phase_diagram_writes_figure_and_json_and_resumes():
     out = _PHASE()
     assert out.returncode == 0, out.stderr
