@@ -1,7 +1,8 @@
 """Shared fixtures: tiny configs and datasets so that the suite stays fast on 2 CPU cores.
 
-Command lines run from the shell (`tests/shell.py`) start in the background when collection
-ends, so that they overlap with the tests that run in this process.
+Command lines run from the shell, and the heaviest trainings, start in the background when
+collection ends (`tests/shell.py`), so that they overlap with the tests that run in this process;
+the tests that wait for them carry the mark `background` and run last.
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ def tiny_config(**overrides) -> RunConfig:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` from the repository root, as a user would (`env`: variables to set)."""
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` from the repository root, as a user would."""
     cmd = [sys.executable, "-m", module, *args]
-    environ = {**os.environ, **env} if env else None
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 # The depth sweep of `cli_sweep`: 2 depths x 2 activations x 2 norms x 2 seeds = 16 runs of 8 programs.

@@ -53,9 +53,13 @@ os.nice(19)  # background work takes the CPU that the pytest process leaves idle
 # Libraries, not entry points: no absl flag is defined by these imports, and none starts a backend.
 import numpy, jax, flax.nnx, optax  # noqa: F401
 import decay.theory, decay.validation, decay.data, decay.runner, decay.loop, decay.analysis  # noqa: F401
-from jax._src import xla_bridge
 
-assert not xla_bridge._backends, "a JAX backend started before the fork"
+try:  # JAX internals, checked where this JAX has them: a backend started here would not survive the fork
+    from jax._src import xla_bridge
+
+    assert not xla_bridge._backends, "a JAX backend started before the fork"
+except (ImportError, AttributeError):
+    pass
 
 
 def child(target, args, env, out, err):
