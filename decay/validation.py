@@ -59,6 +59,7 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.checkpoint_every >= 0, f"--checkpoint_every={b.checkpoint_every}; must be an integer >= 0")
     _check(b.keep_checkpoints >= 1, f"--keep_checkpoints={b.keep_checkpoints}; must be an integer >= 1")
     _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")
+    _check(b.data_seed >= 0, f"--data_seed={b.data_seed}; must be an integer >= 0")
     _check(b.weight_var is None or b.weight_var > 0, f"--weight_var={b.weight_var}; must be > 0")
     _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")
     _check(b.clip_norm is None or b.clip_norm > 0, f"--clip_norm={b.clip_norm}; must be > 0")

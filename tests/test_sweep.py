@@ -165,6 +165,8 @@ def _run_main(capsys, *args):
         (["--checkpoint_every=-1"], "--checkpoint_every=-1; must be an integer >= 0"),
         (["--keep_checkpoints=0"], "--keep_checkpoints=0; must be an integer >= 1"),
         (["--log_every=0"], "--log_every=0; must be an integer >= 1"),
+        (["--data_seed=-1"], "--data_seed=-1; must be an integer >= 0"),
+        (["--bn_momentum=1.5"], "--bn_momentum=1.5; must be in [0, 1)"),
     ],
 )
 def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
