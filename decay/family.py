@@ -21,6 +21,7 @@ import jax
 from flax import nnx
 
 from decay.config import RunConfig
+from decay.errors import ConfigError
 from decay.registry import Registry
 
 TASKS = ("classification",)  # regression and per-position targets come with recurrent nets and transformers
@@ -53,8 +54,6 @@ class Family:
 
     def check_depths(self, depths: tuple[int, ...]) -> None:
         """Raises ConfigError when the family cannot be built at one of `depths`."""
-        from decay.errors import ConfigError
-
         problem = self.depths_rule(depths)
         if problem:
             raise ConfigError(problem)

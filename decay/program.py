@@ -179,7 +179,7 @@ def init_state(
     if dataset is not None:
         input_shape, num_classes = tuple(dataset.x_train.shape[1:]), dataset.num_classes
     fam = families.of(cfg)
-    model = fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed))
+    model = families.build(cfg, input_shape, num_classes)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     net = Net(graphdef, fam, fam.points(cfg), fam.point_shape(cfg, tuple(input_shape)))
     prog = program(cfg, net)

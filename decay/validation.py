@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from decay.config import SweepConfig
+from decay.config import RunConfig, SweepConfig
 from decay.data import DATASETS
 from decay.errors import ConfigError
 from decay.families import FAMILIES
@@ -66,6 +66,6 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(0.0 <= b.bn_momentum < 1.0, f"--bn_momentum={b.bn_momentum}; must be in [0, 1)")
 
 
-def validate_run(cfg) -> None:
+def validate_run(cfg: RunConfig) -> None:
     """`validate_sweep` for one run."""
     validate_sweep(SweepConfig(base=cfg, depths=(cfg.depth,), activations=(cfg.activation,), norms=(cfg.norm,), seeds=1))

@@ -83,10 +83,9 @@ def run_config(holders: dict[str, flags.FlagHolder], **overrides: Any) -> RunCon
 
 def check_benchmark_config(cfg, **counts: int) -> None:
     """One-line exit for a benchmark's bad flags: the run config as a sweep would check it, and counts >= 1."""
-    from decay.config import SweepConfig
     from decay.errors import ConfigError
     from decay.layers import ACTIVATIONS, NORMS
-    from decay.validation import validate_sweep
+    from decay.validation import validate_run
 
     for name, value in {"depth": cfg.depth, **counts}.items():
         if value < 1:
@@ -95,7 +94,7 @@ def check_benchmark_config(cfg, **counts: int) -> None:
         if value not in registry:
             fail(f"--{flag}={value!r} is unknown; allowed: {', '.join(registry.names())}")
     try:
-        validate_sweep(SweepConfig(base=cfg, depths=(cfg.depth,), activations=(cfg.activation,), norms=(cfg.norm,), seeds=1))
+        validate_run(cfg)
     except ConfigError as e:
         fail(str(e))
 
