@@ -41,6 +41,8 @@ class RunConfig:
     optimizer: str = _field("sgd", "sgd, momentum (0.9), adam or adamw (weight decay 1e-4).")
     learning_rate: float = _field(0.02, "Constant learning rate.")
     clip_norm: float | None = _field(None, "Clip gradients to this global norm; default no clipping.")
+    adam_eps: float = _field(1e-8, "epsilon of adam/adamw: the update is lr * m / (sqrt(v) + eps).")
+    weight_decay: float = _field(0.0, "L2 weight decay: weight_decay * params added to the gradient (every optimizer).")
     batch_size: int = _field(128, "Examples per training step.")
     steps: int = _field(300, "Training steps per run; 0 measures at initialization only.")
     eval_every: int = _field(100, "Steps between test evaluations.")
@@ -49,7 +51,10 @@ class RunConfig:
     checkpoint_every: int = _field(1000, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those.")
     keep_checkpoints: int = _field(2, "Newest checkpoints kept per run, besides step 0.")
     seed: int = _field(0, "Seeds the parameters and the order of minibatches.")
-    data_seed: int = _field(0, "Seeds the train/test split and synthetic data, shared by all runs.")
+    data_seed: int = _field(0, "Seeds the train/validation/test split and synthetic data, shared by all runs.")
+    val_fraction: float = _field(
+        0.2, "Fraction of the training set held out for validation (every choice is made on it; test only reports)."
+    )
     bn_momentum: float = _field(0.9, "Running-average decay of batchnorm statistics.")
     instruments: str = _field(
         "standard", "basic | standard (+ q_l, c_l, dead units, distance from init) | full (+ per-sample, curvature)."
@@ -60,7 +65,7 @@ class RunConfig:
     def name(self) -> str:
         """Folder-safe name that encodes what varies across a sweep."""
         res = f"-res{self.residual_scale:g}" if self.residual else ""
-        return f"{self.model}-d{self.depth:04d}-{self.activation}-{self.norm}{res}-s{self.seed}"
+        return f"{self.model}-d{self.depth:04d}-{self.activation}-{self.norm}{res}-lr{self.learning_rate:g}-s{self.seed}"
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -72,32 +77,46 @@ def help_of(name: str) -> str:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}[name]
 
 
+DEFAULT_LEARNING_RATES = (0.01, 0.05, 0.25)  # the depth sweep's default grid (experiments.depth_sweep)
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """A grid of runs: depths x activations x norms x seeds, all else shared."""
+    """A grid of runs: depths x activations x norms x learning rates x seeds, all else shared.
 
-    base: RunConfig = RunConfig()  # shared settings; depth, activation, norm, seed are overridden
-    depths: tuple[int, ...] = (2, 4, 8, 16, 32, 64)  # hidden-layer counts to sweep
+    Each (depth, activation, norm) is a configuration; its learning rate is tuned over
+    `learning_rates` on the validation split (`decay.stats.best_by_validation`).
+    """
+
+    base: RunConfig = RunConfig()  # shared settings; depth, activation, norm, learning rate, seed are overridden
+    depths: tuple[int, ...] = (2, 8, 32)  # hidden-layer counts to sweep
     activations: tuple[str, ...] = ("sigmoid", "tanh", "relu")  # activations to sweep
     norms: tuple[str, ...] = ("none", "batchnorm", "layernorm")  # normalizations to sweep
     seeds: int = 3  # seeds 0..seeds-1 for every grid point
+    learning_rates: tuple[float, ...] | None = None  # the grid each configuration is tuned over; None: base's rate alone
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """The learning rates run: `learning_rates`, or the base's rate alone."""
+        return (self.base.learning_rate,) if self.learning_rates is None else tuple(self.learning_rates)
 
     def runs(self) -> list[RunConfig]:
-        """The grid, seeds innermost so that a compiled step is reused across seeds."""
+        """The grid, learning rates and seeds innermost so that one compiled program serves them all."""
         return [
-            dataclasses.replace(self.base, depth=d, activation=a, norm=n, seed=s)
+            dataclasses.replace(self.base, depth=d, activation=a, norm=n, learning_rate=lr, seed=s)
             for d in self.depths
             for a in self.activations
             for n in self.norms
+            for lr in self.rates
             for s in range(self.seeds)
         ]
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for JSON (tuples become lists)."""
         out = dataclasses.asdict(self)
-        out["depths"] = list(self.depths)
-        out["activations"] = list(self.activations)
-        out["norms"] = list(self.norms)
+        for key in ("depths", "activations", "norms"):
+            out[key] = list(getattr(self, key))
+        out["learning_rates"] = list(self.rates)
         return out
 
     @classmethod
@@ -111,6 +130,7 @@ class SweepConfig:
             activations=tuple(data["activations"]),
             norms=tuple(data["norms"]),
             seeds=int(data["seeds"]),
+            learning_rates=tuple(data["learning_rates"]) if data.get("learning_rates") else None,
         )
 
 

@@ -23,7 +23,18 @@ import numpy as np
 from decay import devices, instruments, metrics, row
 from decay.config import RunConfig
 from decay.data import Dataset
-from decay.program import Program, chunk_end, eval_result, evaluate, init_state, program_key, test_batches
+from decay.program import (
+    SPLITS,
+    TRAIN_EVAL,
+    Program,
+    chunk_end,
+    eval_result,
+    eval_sets,
+    eval_sizes,
+    evaluate,
+    init_state,
+    program_key,
+)
 from decay.row import RunRecord, stats_to_json
 from decay.tensorboard_writer import RunWriter
 
@@ -67,21 +78,41 @@ class _RunHost:
                 self.ckpt_dir, self.record.done, state, self.data_key, self.record.to_json(), self.cfg.keep_checkpoints
             )
 
-    def record_eval(self, test_loss: float, test_acc: float) -> None:
-        self.record.test_loss, self.record.test_accuracy = metrics.clean(test_loss), test_acc
-        if self.writer:
-            self.writer.write_eval(self.record.done, test_loss, test_acc)
-
-    def _first_history(self) -> None:
+    def record_eval(self, results: dict[str, tuple[float, float]]) -> None:
+        """Keeps an evaluation of every split (`program.SPLITS`: split -> (mean loss, accuracy)) and its history entry."""
         r = self.record
-        r.history = [{"step": 0, "train_loss": None, "test_loss": r.test_loss, "test_accuracy": r.test_accuracy}]
+        r.val_loss, r.val_accuracy = metrics.clean(results["val"][0]), results["val"][1]
+        r.test_loss, r.test_accuracy = metrics.clean(results["test"][0]), results["test"][1]
+        r.train_eval_loss, r.train_eval_accuracy = metrics.clean(results["train"][0]), results["train"][1]
+        if r.done == 0:
+            r.train_loss_init = r.train_eval_loss
+            r.history = []
+        train_loss = metrics.clean(float(np.mean(r.interval_losses))) if r.interval_losses else None
+        r.interval_losses = []
+        r.history.append(
+            {
+                "step": r.done,
+                "train_loss": train_loss,
+                "train_eval_loss": r.train_eval_loss,
+                "val_loss": r.val_loss,
+                "val_accuracy": r.val_accuracy,
+                "test_loss": r.test_loss,
+                "test_accuracy": r.test_accuracy,
+            }
+        )
+        if self.writer:
+            self.writer.write_eval(r.done, results)
+
+    def _results(self, evals, sizes) -> dict[str, tuple[float, float]]:
+        return {split: eval_result(*e, n) for split, e, n in zip(SPLITS, evals, sizes, strict=True)}
 
     def measure_only(self, device_data) -> None:
         """steps=0: the evaluation and the per-layer measurement at initialization."""
         r = self.record
-        x_train, y_train, x_test, y_test = device_data
-        self.record_eval(*evaluate(self.prog, self.state, x_test, y_test))
-        self._first_history()
+        x_train, y_train = device_data[:2]
+        ds = self.dataset
+        splits = ((ds.x_val, ds.y_val), (ds.x_test, ds.y_test), (ds.x_train[:TRAIN_EVAL], ds.y_train[:TRAIN_EVAL]))
+        self.record_eval({name: evaluate(self.prog, self.state, x, y) for name, (x, y) in zip(SPLITS, splits, strict=True)})
         init = jax.device_get(self.prog.measure(self.state, x_train, y_train, self.data_key))
         curv = {k: init.pop(k) for k in instruments.CURVATURE_KEYS if k in init}
         self.record_curvature(0, curv)
@@ -104,10 +135,11 @@ class _RunHost:
             )
             self.writer.write_steps(np.array([step]), {"hessian_trace_layers": np.asarray(curv["hessian_trace_layers"])[None]})
 
-    def absorb(self, chunk: dict[str, np.ndarray], n: int, first, last, n_test: int, state_now) -> float:
+    def absorb(self, chunk: dict[str, np.ndarray], n: int, first, last, sizes: tuple[int, ...], state_now) -> float:
         """Takes in a chunk of `n` steps, its evaluations and curvature; returns its last finite loss.
 
-        `first`, `last`: (per-example test losses and hits, curvature) at the chunk's start and end.
+        `first`, `last`: (per-example losses and hits of every split in `program.SPLITS`, curvature)
+        at the chunk's start and end; `sizes`: examples per split.
         `state_now()` gives this run's state at the chunk's end, fetched only to checkpoint.
         """
         r, cfg = self.record, self.cfg
@@ -115,8 +147,7 @@ class _RunHost:
         (first_eval, first_curv), (last_eval, last_curv) = first, last
         if done == 0:  # step 0: the initial evaluation, and the initial state's checkpoint
             self.record_curvature(0, first_curv)
-            self.record_eval(*eval_result(*first_eval, n_test))
-            self._first_history()
+            self.record_eval(self._results(first_eval, sizes))
             self.save_checkpoint(self.state)
         if r.init_stats is None:
             r.init_stats = stats_to_json({k: v[0] for k, v in chunk.items()})
@@ -141,12 +172,7 @@ class _RunHost:
             self.save_checkpoint(state_now())
             return losses[-1] if losses else math.nan
         if r.done % cfg.eval_every == 0 or r.done == cfg.steps:
-            self.record_eval(*eval_result(*last_eval, n_test))
-            train_loss = metrics.clean(float(np.mean(r.interval_losses))) if r.interval_losses else None
-            r.interval_losses = []
-            r.history.append(
-                {"step": r.done, "train_loss": train_loss, "test_loss": r.test_loss, "test_accuracy": r.test_accuracy}
-            )
+            self.record_eval(self._results(last_eval, sizes))
         if r.done == cfg.steps or (cfg.checkpoint_every and r.done % cfg.checkpoint_every == 0):
             self.save_checkpoint(state_now())
         return losses[-1] if losses else math.nan
@@ -211,8 +237,8 @@ def train_runs(
     prog = runs[0].prog
     mesh = devices.run_mesh()
     x_train, y_train = (devices.replicate(a, mesh) for a in device_data[:2])
-    n_test = dataset.x_test.shape[0]
-    test = devices.replicate(test_batches(dataset.x_test, dataset.y_test), mesh)
+    sizes = eval_sizes(dataset)
+    sets = devices.replicate(eval_sets(dataset), mesh)
     for done in sorted({r.record.done for r in runs}):
         group = [r for r in runs if r.record.done == done and r.active]
         if not group:
@@ -225,7 +251,7 @@ def train_runs(
             cfg = group[0].cfg
             now = next(r for r in group if r.active).record.done  # a diverged run's step no longer moves
             n = chunk_end(now, cfg) - now
-            states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, test)
+            states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, sets)
             # One transfer for every per-layer value and evaluation of every run of the chunk.
             chunk, first, last_ = jax.device_get((chunk, first, last_))
             host = _HostStates(states)
@@ -233,7 +259,7 @@ def train_runs(
             for i, run in enumerate(group):
                 if run.active:
                     pick = functools.partial(_index, i=i)
-                    last = run.absorb(pick(chunk), n, pick(first), pick(last_), n_test, functools.partial(host.run, i))
+                    last = run.absorb(pick(chunk), n, pick(first), pick(last_), sizes, functools.partial(host.run, i))
             if on_progress is not None:
                 on_progress(RunProgress(now + n, cfg.steps, last))
     return [r.finish() for r in runs]

@@ -8,12 +8,20 @@ from typing import Any
 
 import numpy as np
 
-# verdict thresholds on chi^depth, the fitted per-layer factor extrapolated over the whole
-# depth: the gain of the squared gradient signal from the output back to the input. Below
-# 1e-2 the gradient norm reaching the input side is roughly under 1/10 of the output side's;
-# above 1e2, over 10 times larger.
+# verdict thresholds on chi^(depth - 1), the fitted per-layer factor extrapolated over the
+# depth - 1 layer maps between the probes h_{L-1} and h_0: the gain of the squared backprop
+# signal from the last hidden layer back to the first. Below 1e-2 the signal reaching the first
+# layer is under 1/10 of the last layer's (in norm); above 1e2, over 10 times larger. A gain
+# within a factor BORDERLINE of a threshold is called borderline.
 VANISHING_BELOW = 1e-2
 EXPLODING_ABOVE = 1e2
+BORDERLINE = 2.0
+
+# trainability from the training loss (evaluation mode, on the training split) at the end,
+# as a fraction of the chance level ln(classes), the loss of a uniform prediction.
+TRAINS_BELOW = 0.5  # "trains": under half of chance
+FAILS_ABOVE = 0.9  # "fails": within 10% of chance or above; in between "partial"
+IMPROVING_BY = 0.01  # still improving: the final validation accuracy beats all after step 0 up to 3/4 of the budget by this
 
 
 def clean(x: Any) -> float | None:
@@ -49,8 +57,13 @@ def fit_chi(signal_norms: Sequence[float | None]) -> float | None:
     return float(np.exp(-slope))
 
 
+def log_gain(chi: float, depth: int) -> float:
+    """log10 of chi^(depth - 1), the squared-signal gain over the depth - 1 maps from h_{L-1} back to h_0."""
+    return (depth - 1) * math.log10(chi)
+
+
 def verdict(chi: float | None, depth: int, signal_norms: Sequence[float | None] | None = None) -> str:
-    """'vanishing', 'stable' or 'exploding' by chi^depth; 'n/a' for depth 1.
+    """'vanishing', 'stable' or 'exploding' by chi^(depth - 1); 'n/a' for depth 1.
 
     Without a fit (fewer than two usable layers), zeros in the signal mean it underflowed
     ('vanishing') and non-finite values mean it overflowed ('exploding').
@@ -64,12 +77,49 @@ def verdict(chi: float | None, depth: int, signal_norms: Sequence[float | None] 
         if np.any(s == 0):
             return "vanishing"
         return "n/a"
-    log_gain = depth * math.log10(chi)
-    if log_gain < math.log10(VANISHING_BELOW):
+    gain = log_gain(chi, depth)
+    if gain < math.log10(VANISHING_BELOW):
         return "vanishing"
-    if log_gain > math.log10(EXPLODING_ABOVE):
+    if gain > math.log10(EXPLODING_ABOVE):
         return "exploding"
     return "stable"
+
+
+def borderline(chi: float | None, depth: int) -> bool:
+    """Whether chi^(depth - 1) lies within a factor BORDERLINE of a verdict threshold (either side)."""
+    if chi is None or chi <= 0 or depth < 2:
+        return False
+    gain = log_gain(chi, depth)
+    near = math.log10(BORDERLINE)
+    return any(abs(gain - math.log10(t)) < near for t in (VANISHING_BELOW, EXPLODING_ABOVE))
+
+
+def trainability(train_loss_end: float | None, num_classes: int, diverged: bool) -> str:
+    """'trains', 'partial', 'fails' or 'diverged', from the final training loss over chance, ln(num_classes)."""
+    if diverged:
+        return "diverged"
+    if train_loss_end is None or not math.isfinite(train_loss_end):
+        return "fails"
+    ratio = train_loss_end / math.log(num_classes)
+    if ratio < TRAINS_BELOW:
+        return "trains"
+    return "fails" if ratio >= FAILS_ABOVE else "partial"
+
+
+def still_improving(history: Sequence[dict[str, Any]], steps: int) -> bool | None:
+    """Whether the validation accuracy at the end beats every evaluation after step 0 up to 3/4 of `steps` by
+    more than IMPROVING_BY; None without an evaluation in both parts (e.g. a budget of one evaluation)."""
+    early = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None and 0 < h["step"] <= 0.75 * steps]
+    last = [h for h in history if h.get("val_accuracy") is not None and h["step"] > 0.75 * steps]
+    if not early or not last:
+        return None
+    return bool(last[-1]["val_accuracy"] > max(early) + IMPROVING_BY)
+
+
+def best_val_step(history: Sequence[dict[str, Any]]) -> int | None:
+    """The step of the best validation accuracy among the evaluations (the earliest of ties)."""
+    scored = [h for h in history if h.get("val_accuracy") is not None]
+    return max(scored, key=lambda h: (h["val_accuracy"], -h["step"]))["step"] if scored else None
 
 
 def first_over_last(row: dict[str, Any]) -> float | None:
@@ -96,20 +146,78 @@ def _fmt_sci(x: float | None) -> str:
     return f"{x:.1e}"
 
 
+def _median(values) -> float | None:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else None
+
+
+def _ratio(values: Sequence[float | None] | None) -> float | None:
+    if not values or values[0] is None or values[-1] in (None, 0):
+        return None
+    return values[0] / values[-1]
+
+
+def _most_common(values: Sequence[str]) -> str:
+    return max(sorted(set(values)), key=list(values).count) if values else "-"
+
+
+DISAGREE = 1.1  # theory outside the seeds' [min, max] of chi widened by this factor: flagged
+SEEDS_DISAGREE = 1.3  # max/min of chi over seeds above this: the seeds disagree
+
+
+def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Why measured chi and theory disagree for one configuration's seeds, or None when they agree (or no theory).
+
+    Disagree: the theory lies outside the seeds' [min, max] chi widened by DISAGREE. The reasons the
+    rows can tell: the forward signal collapsed or exploded (q of the last layer against the first),
+    the seeds disagree (finite width), q settles slowly (the variance map's slope at q* near 1), the
+    net is shallower than 8 layers (the fit takes every layer, before q settles).
+    """
+    chis = [r["chi"] for r in rows if r.get("chi") is not None]
+    theory = _median([r.get("chi_theory") for r in rows])
+    if not chis or theory is None:
+        return None
+    lo, hi = min(chis), max(chis)
+    if lo / DISAGREE <= theory <= hi * DISAGREE:
+        return None
+    reasons = []
+    q_ratio = _median([r["q_init"][-1] / r["q_init"][0] for r in rows if r.get("q_init") and r["q_init"][0]])
+    if q_ratio is not None and q_ratio < 1e-2:
+        reasons.append(f"the forward signal collapsed (q last/first {q_ratio:.1e})")
+    elif q_ratio is not None and q_ratio > 1e2:
+        reasons.append(f"the forward signal exploded (q last/first {q_ratio:.1e})")
+    if hi / lo > SEEDS_DISAGREE:
+        reasons.append(f"the seeds disagree (chi {lo:.3g} to {hi:.3g}: finite width {rows[0]['width']})")
+    slope = _median([r.get("q_slope_theory") for r in rows])
+    if slope is not None and slope >= 0.9:
+        over = "never settles (neutral variance map)" if slope >= 1 - 1e-9 else f"settles over ~{-1 / math.log(slope):.0f} layers"
+        reasons.append(f"q {over}, so the layers are not at the fixed point theory assumes")
+    if rows[0]["depth"] < 8:
+        reasons.append("depth < 8: the fit takes every layer, before q settles")
+    return "; ".join(reasons) if reasons else "reason not identified"
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (model, depth, activation, norm, residual) config, aggregated over seeds."""
+    """One entry per (model, depth, activation, norm, residual) config: its learning rate chosen on validation
+    (`decay.stats.best_by_validation`), and at that rate the seeds' numbers: chi with its spread and
+    theory, the verdict, trainability, validation and test accuracy with sample std and 95% interval."""
+    from decay import stats
+
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"])
+        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"], r.get("residual_scale"))
         groups.setdefault(key, []).append(r)
     out = []
-    for (model, depth, act, norm, residual), rs in groups.items():
+    for (model, depth, act, norm, residual, _), all_rs in groups.items():
+        choice = stats.best_by_validation(all_rs, lambda r: r.get("learning_rate"))
+        rs = choice.rows
         chis = [r["chi"] for r in rs if r["chi"] is not None]
-        accs = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
-        ratios = [x for x in map(first_over_last, rs) if x is not None]
-        chi_med = float(np.median(chis)) if chis else None
-        theory = [r["chi_theory"] for r in rs if r.get("chi_theory") is not None]
-        chi_theory = float(np.median(theory)) if theory else None
+        chi_med = _median(chis)
+        chi_theory = _median([r.get("chi_theory") for r in rs])
+        # A diverged run has no accuracy: it counts 0 in the means.
+        test = stats.mean_std_ci([0.0 if r["test_accuracy"] is None else r["test_accuracy"] for r in rs], (0.0, 1.0))
+        val = stats.mean_std_ci([0.0 if r.get("val_accuracy") is None else r["val_accuracy"] for r in rs], (0.0, 1.0))
+        chance = [r["train_loss_end"] / math.log(r["num_classes"]) for r in rs if r.get("train_loss_end") is not None]
         out.append(
             {
                 "model": model,
@@ -119,35 +227,79 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "residual": residual,
                 "init": rs[0]["init"],
                 "seeds": len(rs),
+                "learning_rate": choice.value,
+                "learning_rates": sorted(choice.val_means),
+                "lr_at_edge": choice.at_edge,
                 "chi": chi_med,
+                "chi_min": min(chis) if chis else None,
+                "chi_max": max(chis) if chis else None,
                 "chi_theory": chi_theory,
                 "chi_ratio": chi_med / chi_theory if chi_med is not None and chi_theory else None,
-                "first_over_last": float(np.median(ratios)) if ratios else None,
+                "theory_note": theory_note(rs),
+                "first_over_last": _median(map(first_over_last, rs)),
+                "kernel_first_over_last": _median([_ratio(r["grad_norms_init"]) for r in rs]),
+                "update_first_over_last": _median([_ratio(r.get("update_ratio_final")) for r in rs]),
                 "verdict": group_verdict(rs),
-                "acc_mean": float(np.mean(accs)) if accs else None,
-                "acc_std": float(np.std(accs)) if accs else None,
+                "borderline": borderline(chi_med, depth),
+                "trainability": _most_common([r.get("trainability", "-") for r in rs]),
+                "train_loss_vs_chance": float(np.mean(chance)) if chance else None,
+                "still_improving": sum(bool(r.get("still_improving")) for r in rs),
+                "val": val,
+                "test": test,
+                "acc_mean": test.mean,
+                "acc_std": test.std,
                 "diverged": sum(bool(r["diverged"]) for r in rs),
             }
         )
     return out
 
 
+def tuned_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows at each configuration's learning rate chosen on validation (all seeds), in input order."""
+    from decay import stats
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"], r.get("residual_scale"))
+        groups.setdefault(key, []).append(r)
+    keep = set()
+    for rs in groups.values():
+        keep.update(id(r) for r in stats.best_by_validation(rs, lambda r: r.get("learning_rate")).rows)
+    return [r for r in rows if id(r) in keep]
+
+
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table, one row per config: chi, its theory and their ratio, gradient ratio, verdict, accuracy, divergences."""
+    """Markdown table, one row per config at its learning rate chosen on validation, with notes below it."""
     lines = [
-        "| depth | activation | norm | init | chi | chi theory | measured / theory | grad first/last "
-        "| verdict | test acc | diverged |",
-        "|---:|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        "| depth | activation | norm | lr | chi [seeds' min, max] | chi theory | measured / theory | dL/dh first/last "
+        "| dL/dW first/last | verdict | training | val acc | test acc (mean ± std [95% CI]) | diverged |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
+    notes = []
     for s in summarize(rows):
         norm = s["norm"] + (" +res" if s["residual"] else "")
         chi = "-" if s["chi"] is None else f"{s['chi']:.3f}"
+        if s["chi"] is not None and s["chi_max"] > s["chi_min"]:
+            chi += f" [{s['chi_min']:.3f}, {s['chi_max']:.3f}]"
         chi_t = "-" if s["chi_theory"] is None else f"{s['chi_theory']:.3f}"
         ratio = "-" if s["chi_ratio"] is None else f"{s['chi_ratio']:.3f}"
-        acc = "-" if s["acc_mean"] is None else f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}%"
+        if s["theory_note"]:
+            notes.append(f"{s['depth']} {s['activation']} {norm}: measured and theory disagree: {s['theory_note']}.")
+            ratio += f" ({len(notes)})"
+        lr = f"{s['learning_rate']:g}" + (" (edge)" if s["lr_at_edge"] else "")
+        val = "-" if s["val"].mean is None else f"{100 * s['val'].mean:.1f}%"
+        verdict_text = s["verdict"] + (" (borderline)" if s["borderline"] else "")
+        training = s["trainability"]
+        if s["train_loss_vs_chance"] is not None:
+            training += f" ({s['train_loss_vs_chance']:.2f} of chance)"
+        if s["still_improving"]:
+            training += f", {s['still_improving']}/{s['seeds']} still improving"
         lines.append(
-            f"| {s['depth']} | {s['activation']} | {norm} | {s['init']} | {chi} | {chi_t} | {ratio} "
-            f"| {_fmt_sci(s['first_over_last'])} "
-            f"| {s['verdict']} | {acc} | {s['diverged']}/{s['seeds']} |"
+            f"| {s['depth']} | {s['activation']} | {norm} | {lr} | {chi} | {chi_t} | {ratio} "
+            f"| {_fmt_sci(s['first_over_last'])} | {_fmt_sci(s['kernel_first_over_last'])} "
+            f"| {verdict_text} | {training} | {val} "
+            f"| {s['test'].fmt(100, '.1f')} | {s['diverged']}/{s['seeds']} |"
         )
+    if notes:
+        lines += [""] + [f"({i}) {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines)

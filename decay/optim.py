@@ -1,4 +1,8 @@
-"""Optimizers by name, from optax, with optional global-norm gradient clipping."""
+"""Optimizers by name, from optax: the learning rate a run-time value, optional L2 weight decay and gradient clipping.
+
+The learning rate is injected (`optax.inject_hyperparams`): it lives in the optimizer state,
+not in the compiled code, so every learning rate of a grid shares one compiled program.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,32 @@ import optax
 
 from decay.registry import Registry
 
-OPTIMIZERS: Registry[Callable[[float], optax.GradientTransformation]] = Registry("optimizer")
-OPTIMIZERS.add("sgd", lambda lr: optax.sgd(lr))
-OPTIMIZERS.add("momentum", lambda lr: optax.sgd(lr, momentum=0.9))  # heavy-ball, beta 0.9
-OPTIMIZERS.add("adam", lambda lr: optax.adam(lr))
-OPTIMIZERS.add("adamw", lambda lr: optax.adamw(lr, weight_decay=1e-4))
+# name -> factory(learning_rate, adam_eps)
+OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
+OPTIMIZERS.add("sgd", lambda lr, eps: optax.sgd(lr))
+OPTIMIZERS.add("momentum", lambda lr, eps: optax.sgd(lr, momentum=0.9))  # heavy-ball, beta 0.9
+OPTIMIZERS.add("adam", lambda lr, eps: optax.adam(lr, eps=eps))
+OPTIMIZERS.add("adamw", lambda lr, eps: optax.adamw(lr, eps=eps, weight_decay=1e-4))
 
 
-def build(name: str, learning_rate: float, clip_norm: float | None = None) -> optax.GradientTransformation:
-    """The named optimizer at `learning_rate`, after clipping to `clip_norm` when it is set."""
-    tx = OPTIMIZERS.get(name)(learning_rate)
-    if clip_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    return tx
+def build(
+    name: str, learning_rate: float, clip_norm: float | None = None, adam_eps: float = 1e-8, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
+    """The named optimizer at `learning_rate` (a hyperparameter in its state), after L2 weight decay
+    (`weight_decay` * params added to the gradient) and clipping to the global norm `clip_norm`, when set."""
+    factory = OPTIMIZERS.get(name)
+
+    def make(learning_rate):
+        tx = factory(learning_rate, adam_eps)
+        if weight_decay:
+            tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+        if clip_norm is not None:
+            tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+        return tx
+
+    return optax.inject_hyperparams(make)(learning_rate=learning_rate)
+
+
+def of(cfg) -> optax.GradientTransformation:
+    """The optimizer of a RunConfig."""
+    return build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm, cfg.adam_eps, cfg.weight_decay)

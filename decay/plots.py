@@ -379,7 +379,8 @@ def phase_diagram(doc: dict[str, Any]) -> Any:
 def claim_figure(title: str, spec: dict[str, Any]) -> Any:
     """The figure of one seed claim, by `spec["kind"]`; returns the figure.
 
-    layers: log10 per-layer series against layer; bars: grouped bars (group -> {label: value});
+    layers: log10 per-layer series against layer; bars: grouped bars (group -> {label: value}, optional
+    "errors": group -> {label: (lo, hi)} drawn as error bars);
     curves: value against a categorical x per label; losses: log10 training loss per run.
     """
     fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
@@ -399,7 +400,14 @@ def claim_figure(title: str, spec: dict[str, Any]) -> Any:
         width = 0.8 / max(len(groups), 1)
         for i, (group, values) in enumerate(groups.items()):
             x = np.arange(len(labels)) + (i - (len(groups) - 1) / 2) * width
-            ax.bar(x, [values.get(k, np.nan) for k in labels], width, label=group, color=ACT_COLORS(i % 10))
+            heights = np.array([np.nan if values.get(k) is None else values[k] for k in labels], np.float64)
+            errors = spec.get("errors", {}).get(group)  # label -> (lo, hi): drawn as error bars
+            yerr = None
+            if errors:
+                lo = np.array([np.nan if errors.get(k, (None,))[0] is None else errors[k][0] for k in labels], np.float64)
+                hi = np.array([np.nan if errors.get(k, (None, None))[1] is None else errors[k][1] for k in labels], np.float64)
+                yerr = np.nan_to_num(np.stack([heights - lo, hi - heights]), nan=0.0).clip(min=0)
+            ax.bar(x, heights, width, yerr=yerr, capsize=3, label=group, color=ACT_COLORS(i % 10))
         ax.set_xticks(np.arange(len(labels)), labels, rotation=15, ha="right", fontsize=8)
         ax.axhline(spec["chance"], color="gray", ls="--", lw=0.8, label="chance")
         ax.set_ylim(0, 1.02)

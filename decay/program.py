@@ -48,7 +48,7 @@ class Program(NamedTuple):
 
 
 def _make_program(cfg: RunConfig, net: Net) -> Program:
-    tx = optim.build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm)
+    tx = optim.of(cfg)  # the learning rate is a value in the state: the program serves every rate
     bsz = cfg.batch_size
     hist_every = cfg.log_every if cfg.histograms else None
     full = instruments.tier_at_least(cfg.instruments, "full")
@@ -90,8 +90,12 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         return jnp.where(mask, losses, 0.0), correct * mask
 
     def eval_batches(state, x_batches, y_batches, masks):
-        # Per-batch (loss sum, correct count) of the test set, batchnorm in evaluation mode.
+        # Per-example (loss, hit) of one evaluation set, batchnorm in evaluation mode.
         return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
+
+    def eval_all(state, sets):
+        # Every evaluation split (`SPLITS`), each batched by `eval_set`.
+        return tuple(eval_batches(state, *s) for s in sets)
 
     def curvatures(states, x_train, y_train, data_key, when):
         # The full tier's curvature of each of the stacked states (a leading axis of 2: the chunk's
@@ -108,10 +112,10 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         return jax.lax.map(one, (states, when))
 
     def run_chunk(state, x_train, y_train, data_key, test, n_steps):
-        # One run's chunk with its evaluations (and, full tier, curvature): at the start (only at
+        # One run's chunk with its evaluations of every split in `test` (and, full tier, curvature): at the start (only at
         # step 0, else zeros/NaN) and at the end (curvature on instrument_every multiples and the last step).
-        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_batches, state, *test))
-        first = jax.lax.cond(state.step == 0, lambda: eval_batches(state, *test), lambda: skipped)
+        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_all, state, test))
+        first = jax.lax.cond(state.step == 0, lambda: eval_all(state, test), lambda: skipped)
         start = state
         state, stats = train_chunk(state, x_train, y_train, data_key, n_steps)
         at = (state.step % cfg.instrument_every == 0) | (state.step == cfg.steps)
@@ -119,7 +123,7 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         curv = curvatures(both, x_train, y_train, data_key, jnp.stack([start.step == 0, at & ~state.halted]))
         first_curv = jax.tree.map(lambda a: a[0], curv)
         last_curv = jax.tree.map(lambda a: a[1], curv)
-        return state, stats, (first, first_curv), (eval_batches(state, *test), last_curv)
+        return state, stats, (first, first_curv), (eval_all(state, test), last_curv)
 
     @functools.lru_cache(maxsize=16)
     def group_chunk(n_steps: int, mesh):
@@ -146,8 +150,9 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
 
 
 def program_key(cfg: RunConfig) -> RunConfig:
-    """What a compiled program depends on: the config less its init (seed, init, weight_var, bias_var change values only)."""
-    return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None)
+    """What a compiled program depends on: the config less its init and learning rate (seed, init,
+    weight_var, bias_var and learning_rate change values only)."""
+    return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0)
 
 
 def same_program(a: RunConfig, b: RunConfig) -> bool:
@@ -186,7 +191,7 @@ def init_state(
     anchor = ()
     if instruments.tier_at_least(cfg.instruments, "standard"):
         anchor = tuple(jnp.array(k) for k in fam.layer_kernels(nnx.to_pure_dict(params)))
-    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, prog.tx.init(params), jnp.zeros((), bool), anchor)
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optim.of(cfg).init(params), jnp.zeros((), bool), anchor)
     return prog, state
 
 
@@ -202,8 +207,28 @@ def chunk_end(done: int, cfg: RunConfig) -> int:
     return min(ends)
 
 
+SPLITS = ("val", "test", "train")  # the evaluated splits, in the order of `eval_sets`
+TRAIN_EVAL = 2048  # training examples evaluated for the training loss (the first ones of the training split)
+
+
+def eval_sets(dataset: Dataset) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Validation, test and (up to TRAIN_EVAL examples of) training set, each batched by `test_batches`."""
+    if dataset.x_val is None:
+        raise ValueError("the dataset has no validation split: load it with decay.data.load or split_validation")
+    return (
+        test_batches(dataset.x_val, dataset.y_val),
+        test_batches(dataset.x_test, dataset.y_test),
+        test_batches(dataset.x_train[:TRAIN_EVAL], dataset.y_train[:TRAIN_EVAL]),
+    )
+
+
+def eval_sizes(dataset: Dataset) -> tuple[int, int, int]:
+    """Examples in each split of `eval_sets`."""
+    return dataset.x_val.shape[0], dataset.x_test.shape[0], min(dataset.x_train.shape[0], TRAIN_EVAL)
+
+
 def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The test set as [batches, EVAL_BATCH] arrays on the host, the last batch padded and masked out."""
+    """An evaluation set as [batches, EVAL_BATCH] arrays on the host, the last batch padded and masked out."""
     n = x_test.shape[0]
     size = min(EVAL_BATCH, n)
     nb = -(-n // size)

@@ -1,7 +1,9 @@
-"""`report.md` for a sweep: what was run, the summary table, the figures, a verdict in words per config.
+"""`report.md` for a sweep: what was run and how choices were made, a verdict in words per config, the table, the figures.
 
-Built from `results.jsonl` alone (plus `config.json` for the command, when present), so it can
-be regenerated at any time with `python -m experiments.report --workdir=...`.
+Built from `results.jsonl` alone (plus `config.json` for the command and the grid, when
+present), so it can be regenerated at any time with `python -m experiments.report --workdir=...`.
+Every configuration is shown at its learning rate chosen on the validation split
+(`decay.metrics.summarize`); test numbers are reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -12,105 +14,137 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from decay import metrics, plots, results
 
 if TYPE_CHECKING:
     from decay.row import Row  # one results.jsonl line
 
-
-def _median(values: Sequence[Any]) -> float | None:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    return float(np.median(v)) if v else None
+SWEPT = ("depth", "activation", "norm", "learning_rate", "seed")  # per-run fields a sweep varies
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
+def _sci(x: float) -> str:
+    if x == 0:
+        return "0 (it underflowed)"
+    return f"{x:.1e}" if x < 0.1 or x >= 100 else f"{x:.2g}"
 
 
-def config_sentence(rows: Sequence[Row]) -> str:
-    """One line in words for one activation x norm config over its depths (all seeds)."""
-    r0 = rows[0]
-    norm = "without normalization" if r0["norm"] == "none" else f"with {r0['norm']}"
-    res = f", residual (alpha={r0['residual_scale']:g})" if r0.get("residual") else ""
-    head = f"**{r0['activation']} {norm}{res}** ({r0['init']} init)"
-    depths = sorted({r["depth"] for r in rows})
-    deep = depths[-1]
-    deep_rows = [r for r in rows if r["depth"] == deep]
-    chi = _median([r["chi"] for r in deep_rows])
+def _quantities(s: dict[str, Any]) -> str:
+    """Which quantity vanishes or explodes: the backprop signal, the kernel gradient, the relative update."""
     parts = []
+    sig, ker, upd = s["first_over_last"], s["kernel_first_over_last"], s["update_first_over_last"]
+    if sig is not None:
+        parts.append(f"the backprop signal ||dL/dh|| reaching the first layer is {_sci(sig)} of the last layer's")
+    if ker is not None:
+        parts.append(f"the kernel gradient ||dL/dW|| (what the optimizer sees) first/last is {_sci(ker)}")
+    if upd is not None:
+        parts.append(f"after training, the first layer's relative update ||dW||/||W|| is {_sci(upd)} of the last layer's")
+    return "; ".join(parts)
+
+
+def config_sentence(summaries: Sequence[dict[str, Any]]) -> str:
+    """One line in words for one activation x norm config over its depths, from `metrics.summarize` entries."""
+    by_depth = sorted(summaries, key=lambda s: s["depth"])
+    s0, deep = by_depth[0], by_depth[-1]
+    norm = "without normalization" if s0["norm"] == "none" else f"with {s0['norm']}"
+    head = f"**{s0['activation']} {norm}{' (residual)' if s0['residual'] else ''}** ({s0['init']} init)"
+    parts = []
+    chi = deep["chi"]
     if chi is not None:
         factor = math.sqrt(chi)  # chi is for the squared norm; the norm itself changes by sqrt(chi)
+        verdict = deep["verdict"] + (", borderline" if deep["borderline"] else "")
         if abs(factor - 1) < 0.005:
-            parts.append(f"the gradient keeps its size from layer to layer (x{factor:.2f} per layer, chi = {chi:.3g})")
+            parts.append(f"at depth {deep['depth']} the backprop signal keeps its size (x{factor:.2f} per layer; {verdict})")
         else:
             word = "shrinks" if factor < 1 else "grows"
-            parts.append(f"the gradient {word} x{factor:.2f} per layer toward the input (chi = {chi:.3g})")
-    chi_theory = _median([r.get("chi_theory") for r in deep_rows])
-    if chi is not None and chi_theory is not None:
-        parts.append(f"mean-field theory predicts chi = {chi_theory:.3g} (measured / theory = {chi / chi_theory:.2f})")
-    elif deep_rows[0].get("theory", "").startswith("no theory"):
-        parts.append(deep_rows[0]["theory"])
-    ratios = [x for x in map(metrics.first_over_last, deep_rows) if x is not None]
-    if ratios:
-        ratio = float(np.median(ratios))
-        if ratio == 0:
-            what = "0 (it underflowed) of"
-        elif ratio < 1:
-            what = f"{ratio:.1e} of"
-        else:
-            what = f"{ratio:.3g} times"
-        parts.append(f"at depth {deep} the first layer gets {what} the last layer's gradient")
-    classes = r0.get("num_classes") or 10
-    chance = 1.0 / classes
-    accs = {d: _median([r["test_accuracy"] for r in rows if r["depth"] == d]) for d in depths}
-    shallow = depths[0]
-    acc_deep = accs[deep]
-    best = max((a for a in accs.values() if a is not None), default=None)
-    if acc_deep is not None:
-        if acc_deep < 1.5 * chance:
-            state = "chance level"
-        elif acc_deep < 0.8 * best:
-            state = "degraded"
-        else:
-            state = "trains"
-        if len(depths) > 1:
-            parts.append(f"test accuracy {_pct(accs[shallow])} at depth {shallow} and {_pct(acc_deep)} at depth {deep} ({state})")
-        else:
-            parts.append(f"test accuracy {_pct(acc_deep)} ({state})")
-        trained = [d for d in depths if accs[d] is not None and accs[d] >= 1.5 * chance]
-        if trained and trained[-1] != deep:
-            parts.append(f"deepest net above chance: depth {trained[-1]}")
-    diverged = [r for r in rows if r.get("diverged")]
+            parts.append(
+                f"at depth {deep['depth']} the backprop signal {word} x{factor:.2f} per layer toward the input ({verdict})"
+            )
+    quantities = _quantities(deep)
+    if quantities:
+        parts.append(quantities)
+    if chi is not None and deep["chi_theory"] is not None:
+        text = f"mean-field theory predicts chi = {deep['chi_theory']:.3g} (measured {chi:.3g})"
+        if deep["theory_note"]:
+            text += f", a disagreement beyond the seeds' spread: {deep['theory_note']}"
+        parts.append(text)
+    training = []
+    for s in by_depth:
+        t = f"depth {s['depth']}: {s['trainability']}"
+        if s["test"].mean is not None:
+            t += f", test {s['test'].fmt(100, '.1f', '%')}"
+        training.append(t)
+    parts.append("training (final training loss against chance; test accuracy mean ± std [95% interval]) " + "; ".join(training))
+    diverged = [s for s in by_depth if s["diverged"]]
     if diverged:
-        where = sorted({r["depth"] for r in diverged})
-        parts.append(f"{len(diverged)} of {len(rows)} runs diverged (depths {', '.join(map(str, where))})")
+        parts.append(
+            "diverged at the chosen rate: " + ", ".join(f"{s['diverged']}/{s['seeds']} at depth {s['depth']}" for s in diverged)
+        )
     return f"- {head}: " + "; ".join(parts) + "."
+
+
+def _what_was_run(rows: Sequence[Row], config: dict[str, Any] | None) -> list[str]:
+    r0 = rows[0]
+    swept = {k: sorted({r[k] for r in rows}, key=str) for k in SWEPT}
+    lines = [
+        f"{len(rows)} runs. **Swept:** depths {', '.join(map(str, sorted(swept['depth'])))}; activations "
+        f"{', '.join(swept['activation'])}; norms {', '.join(swept['norm'])}; learning rates "
+        f"{', '.join(f'{v:g}' for v in sorted(swept['learning_rate']))}; {len(swept['seed'])} seeds.",
+        "",
+    ]
+    base = (config or {}).get("base") or {}
+    shared = {k: v for k, v in base.items() if k not in SWEPT and k != "data_dir"}
+    if not shared:  # no config.json: what the rows share
+        keys = ("model", "dataset", "width", "init", "optimizer", "batch_size", "steps", "val_fraction")
+        shared = {k: r0[k] for k in keys if k in r0}
+    lines += ["**Shared by every run:** " + ", ".join(f"{k}={v}" for k, v in sorted(shared.items())) + ".", ""]
+    return lines
+
+
+def _protocol(rows: Sequence[Row], summaries: Sequence[dict[str, Any]]) -> list[str]:
+    r0 = rows[0]
+    steps = r0["steps"]
+    improving = [s for s in summaries if s["still_improving"]]
+    edge = [s for s in summaries if s["lr_at_edge"]]
+    held = f"{100 * r0['val_fraction']:.0f}%" if r0.get("val_fraction") else "A part (not recorded in these rows)"
+    lines = [
+        f"- **Choices on validation.** {held} of the training set is held out as a "
+        "validation split (fixed by --data_seed). Each configuration (depth x activation x norm) is shown at the learning "
+        "rate with the best mean validation accuracy over seeds; the test split only reports.",
+        "- **Statistics.** Means over seeds come with the sample standard deviation (ddof = 1) and a 95% Student-t "
+        "interval; two configurations whose intervals overlap are not shown to differ.",
+        f"- **Verdict.** chi^(depth - 1), the fitted per-layer factor over the depth - 1 maps from the last hidden layer "
+        f"back to the first, below {metrics.VANISHING_BELOW:g} is vanishing, above {metrics.EXPLODING_ABOVE:g} exploding; "
+        f"within a factor {metrics.BORDERLINE:g} of either threshold it is marked borderline. It is about the backprop "
+        "signal dL/dh at initialization; the kernel gradient dL/dW = x (x) dL/dh also carries the forward signal.",
+        f"- **Training.** From the final training loss over chance, ln(classes): under {metrics.TRAINS_BELOW:g} trains, "
+        f"{metrics.FAILS_ABOVE:g} or more fails, between partial.",
+        f"- **Budget.** {steps} steps per run. At the chosen rate, {len(improving)} of {len(summaries)} configurations "
+        "had a seed whose validation accuracy was still rising at the end (beats every evaluation up to 3/4 of the "
+        "budget by more than 1 point)"
+        + (": " + ", ".join(f"{s['depth']} {s['activation']} {s['norm']}" for s in improving) if improving else "")
+        + ".",
+    ]
+    if edge:
+        lines.append(
+            f"- **Grid edge.** {len(edge)} of {len(summaries)} configurations chose the smallest or largest learning rate "
+            "of the grid: their best rate may lie outside it."
+        )
+    return lines
 
 
 def write_report(workdir: str) -> str:
     """Writes `<workdir>/report.md` and `<workdir>/plots/*.png` from `results.jsonl`; returns the report path."""
     rows = results.read_jsonl(os.path.join(workdir, "results.jsonl"))
     config_path = os.path.join(workdir, "config.json")
-    config = None
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
-    figures = plots.all_figures(rows, os.path.join(workdir, "plots"))
-    lines = ["# Depth sweep report", ""]
-    lines += ["## What was run", ""]
+    config = results.read_json(config_path) if os.path.exists(config_path) else None
+    figures = plots.all_figures(metrics.tuned_rows(rows), os.path.join(workdir, "plots"))
+    lines = ["# Depth sweep report", "", "## What was run", ""]
     if config and config.get("command"):
         lines += ["```", config["command"].strip(), "```", ""]
+    summaries = metrics.summarize(rows) if rows else []
     if rows:
-        r0 = rows[0]
-        lines.append(
-            f"{len(rows)} runs: model `{r0['model']}` on `{r0['dataset']}`, width {r0['width']}, "
-            f"{r0['optimizer']} at learning rate {r0['learning_rate']:g}, batch {r0['batch_size']}, {r0['steps']} steps; "
-            f"depths {', '.join(map(str, sorted({r['depth'] for r in rows})))}; "
-            f"{len({r['seed'] for r in rows})} seeds."
-        )
-        lines.append("")
+        lines += _what_was_run(rows, config)
+        lines += ["## How it was judged", "", *_protocol(rows, summaries), ""]
     if config:
         lines += [
             "<details><summary>config.json</summary>",
@@ -123,9 +157,9 @@ def write_report(workdir: str) -> str:
             "",
         ]
     lines += ["## Verdicts", ""]
-    groups: dict[tuple, list[Row]] = {}
-    for r in rows:
-        groups.setdefault((r["activation"], r["norm"], bool(r.get("residual"))), []).append(r)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for s in summaries:
+        groups.setdefault((s["activation"], s["norm"], bool(s["residual"])), []).append(s)
     lines += [config_sentence(g) for g in groups.values()]
     lines += [
         "",
@@ -136,9 +170,13 @@ def write_report(workdir: str) -> str:
         "",
         "## Summary table",
         "",
+        "Each configuration at its learning rate chosen on validation (`(edge)`: the smallest or largest of the grid).",
+        "",
         metrics.summary_table(rows),
         "",
         "## Figures",
+        "",
+        "Figures show each configuration's runs at its chosen learning rate.",
         "",
     ]
     captions = {

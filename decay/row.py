@@ -35,7 +35,7 @@ class Field(NamedTuple):
 
 _F = Field
 FIELDS: tuple[Field, ...] = (
-    _F("name", "str", "basic", "run name: model-d<depth>-activation-norm[-res<scale>]-s<seed>"),
+    _F("name", "str", "basic", "run name: model-d<depth>-activation-norm[-res<scale>]-lr<rate>-s<seed>"),
     _F("model", "str", "basic", "model family"),
     _F("dataset", "str", "basic", "dataset"),
     _F("depth", "int", "basic", "hidden weight layers"),
@@ -50,16 +50,28 @@ FIELDS: tuple[Field, ...] = (
     _F("optimizer", "str", "basic", "optimizer"),
     _F("learning_rate", "float", "basic", "constant learning rate"),
     _F("clip_norm", "float | null", "basic", "global-norm gradient clipping threshold"),
+    _F("adam_eps", "float", "basic", "epsilon of adam/adamw"),
+    _F("weight_decay", "float", "basic", "L2 weight decay added to the gradient"),
+    _F("val_fraction", "float", "basic", "fraction of the training set held out for validation"),
     _F("batch_size", "int", "basic", "examples per step"),
     _F("steps", "int", "basic", "training steps asked for"),
     _F("seed", "int", "basic", "parameter and minibatch seed"),
     _F("final_loss", "float | null", "basic", "mean training loss of the last 10 finite steps"),
     _F("test_loss", "float | null", "basic", "test loss at the end; null for a diverged run"),
     _F("test_accuracy", "float | null", "basic", "test accuracy at the end; null for a diverged run"),
+    _F("val_loss", "float | null", "basic", "validation loss at the end; null for a diverged run"),
+    _F("val_accuracy", "float | null", "basic", "validation accuracy at the end (every choice is made on it); null if diverged"),
+    _F("train_loss_init", "float | null", "basic", "training-split loss at step 0 (evaluation mode, first 2048 examples)"),
+    _F("train_loss_end", "float | null", "basic", "training-split loss at the end, the same way; null for a diverged run"),
+    _F("train_accuracy_end", "float | null", "basic", "training-split accuracy at the end; null for a diverged run"),
+    _F("trainability", "str", "basic", "trains | partial | fails | diverged: train_loss_end against chance ln(classes)"),
+    _F("best_val_step", "int | null", "basic", "the evaluation step of the best validation accuracy"),
+    _F("still_improving", "bool | null", "basic", "validation accuracy at the end beats every one up to 3/4 of the budget"),
     _F("diverged", "bool", "basic", "the loss or a gradient entry became NaN or Inf"),
     _F("diverged_at_step", "int | null", "basic", "the step whose loss or gradient was not finite"),
     _F("chi", "float | null", "basic", "per-layer factor of the backprop signal at step 0, fitted (decay.metrics.fit_chi)"),
-    _F("verdict", "str", "basic", "vanishing, exploding or stable, from chi and the first/last signal ratio"),
+    _F("verdict", "str", "basic", "vanishing, exploding or stable, from chi^(depth-1) (decay.metrics.verdict)"),
+    _F("verdict_borderline", "bool", "basic", "chi^(depth-1) within a factor 2 of a verdict threshold"),
     _F("grad_norms_init", "list[float]", "basic", "per layer ||dL/dW_l|| at step 0"),
     _F("signal_norms_init", "list[float]", "basic", "per layer ||dL/dh_l|| at step 0 (through the probes)"),
     _F("act_rms_init", "list[float]", "basic", "per layer RMS of the post-activation output at step 0"),
@@ -92,6 +104,12 @@ FIELDS: tuple[Field, ...] = (
     _F("q_star_theory", "float | null", "standard", "mean-field fixed point q* (plain nets with theory only)"),
     _F("c_star_theory", "float | null", "standard", "mean-field fixed point c* (plain nets with theory only)"),
     _F(
+        "q_slope_theory",
+        "float | null",
+        "standard",
+        "slope of the variance map at q*: q settles over -1/ln(slope) layers (1: neutral, never settles)",
+    ),
+    _F(
         "curvature", "list[dict]", "full", "every curvature measurement: {step, hessian_top, hessian_trace, hessian_trace_layers}"
     ),
     _F("hessian_top_init", "float | null", "full", "top Hessian eigenvalue at step 0"),
@@ -101,7 +119,13 @@ FIELDS: tuple[Field, ...] = (
     _F("hessian_trace_layers_init", "list[float] | null", "full", "per layer kernel-block Hessian trace at step 0"),
     _F("hessian_trace_layers_final", "list[float] | null", "full", "per layer kernel-block trace at the last measurement"),
     _F("edge_of_stability", "float | null", "full", "2 / lr (sgd) or 3.8 / lr (momentum 0.9); null for adaptive optimizers"),
-    _F("history", "list[dict]", "basic", "{step, train_loss, test_loss, test_accuracy} every eval_every steps and at step 0"),
+    _F(
+        "history",
+        "list[dict]",
+        "basic",
+        "{step, train_loss (minibatch mean since the last), train_eval_loss, val_loss, val_accuracy, test_loss,"
+        " test_accuracy} at step 0, every eval_every steps and at the end",
+    ),
     _F(
         "loss_history",
         "list[[int, float]]",
@@ -140,6 +164,11 @@ class RunRecord:
     diverged_at: int | None = None  # the step that was not finite
     test_loss: float | None = None  # at the latest evaluation
     test_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    train_eval_loss: float | None = None  # the training subset's loss, evaluation mode
+    train_eval_accuracy: float | None = None
+    train_loss_init: float | None = None  # the training subset's loss at step 0
     curvature: list = dataclasses.field(default_factory=list)  # full tier: {step, hessian_*} entries
 
     def to_json(self) -> dict[str, Any]:
@@ -191,7 +220,10 @@ def _instrument_fields(cfg: RunConfig, dataset: Dataset, init_stats, last_stats,
             if key in stats:  # per-layer lists; b_simple, over all layers, a number
                 out[f"{key}_{suffix}"] = metrics.clean(stats[key].item()) if key == "b_simple" else _to_list(stats[key])
     fan_in = int(np.prod(dataset.x_train.shape[1:]))
-    out["q_star_theory"], out["c_star_theory"] = theory.fixed_point_of(cfg, fan_in)
+    fp = theory.plain_fixed_point(cfg, fan_in)
+    out["q_star_theory"] = None if fp is None else metrics.clean(fp.q_star)
+    out["c_star_theory"] = None if fp is None else metrics.clean(fp.c_star)
+    out["q_slope_theory"] = None if fp is None or math.isnan(fp.xi_q) else metrics.clean(math.exp(-1.0 / fp.xi_q))
     if instruments.tier_at_least(cfg.instruments, "full"):
         out["curvature"] = curvature
         at_init = curvature[0] if curvature and curvature[0]["step"] == 0 else None
@@ -212,6 +244,7 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
     chi = metrics.fit_chi(init_stats["signal_norms"])
     final_loss = float(np.mean(record.recent_losses)) if record.recent_losses else math.nan
     diverged = record.diverged_at is not None
+    train_end = None if diverged else record.train_eval_loss
     points = families.of(cfg).points(cfg)
     row = {
         "name": cfg.name,
@@ -229,6 +262,9 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "optimizer": cfg.optimizer,
         "learning_rate": cfg.learning_rate,
         "clip_norm": cfg.clip_norm,
+        "adam_eps": cfg.adam_eps,
+        "weight_decay": cfg.weight_decay,
+        "val_fraction": cfg.val_fraction,
         "batch_size": cfg.batch_size,
         "steps": cfg.steps,
         "seed": cfg.seed,
@@ -236,10 +272,19 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         # A diverged run has no test score: its parameters are where training blew up.
         "test_loss": None if diverged else record.test_loss,
         "test_accuracy": None if diverged else metrics.clean(record.test_accuracy),
+        "val_loss": None if diverged else record.val_loss,
+        "val_accuracy": None if diverged else metrics.clean(record.val_accuracy),
+        "train_loss_init": record.train_loss_init,
+        "train_loss_end": train_end,
+        "train_accuracy_end": None if diverged else metrics.clean(record.train_eval_accuracy),
+        "trainability": metrics.trainability(train_end, dataset.num_classes, diverged),
+        "best_val_step": metrics.best_val_step(record.history),
+        "still_improving": None if diverged else metrics.still_improving(record.history, cfg.steps),
         "diverged": diverged,
         "diverged_at_step": record.diverged_at,
         "chi": metrics.clean(chi),
         "verdict": metrics.verdict(chi, cfg.depth, init_stats["signal_norms"]),
+        "verdict_borderline": metrics.borderline(chi, cfg.depth),
         "grad_norms_init": _to_list(init_stats["grad_norms"]),
         "signal_norms_init": _to_list(init_stats["signal_norms"]),
         "act_rms_init": _to_list(init_stats["act_rms"]),

@@ -88,7 +88,7 @@ class Runner:
         Raises ConfigError when the workdir holds a study with other settings.
         """
         self.workdir, self.key, self.run_folders = workdir, key, run_folders
-        self.dataset = data_lib.load(base.dataset, base.data_dir, base.data_seed)
+        self.dataset = data_lib.load(base.dataset, base.data_dir, base.data_seed, base.val_fraction)
         n_train = self.dataset.x_train.shape[0]
         if base.batch_size > n_train:
             raise ConfigError(

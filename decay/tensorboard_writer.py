@@ -133,12 +133,12 @@ class RunWriter:
         """Logs named scalars (tag -> value) at `step`."""
         self._write(Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]), int(step))
 
-    def write_eval(self, step: int, test_loss: float, test_accuracy: float) -> None:
-        """Logs `test_loss` and `test_accuracy` at `step` (after that many updates)."""
-        values = [
-            Summary.Value(tag="test_loss", simple_value=float(test_loss)),
-            Summary.Value(tag="test_accuracy", simple_value=float(test_accuracy)),
-        ]
+    def write_eval(self, step: int, results: dict[str, tuple[float, float]]) -> None:
+        """Logs `<split>_loss` and `<split>_accuracy` of every evaluated split at `step` (after that many updates)."""
+        values = []
+        for split, (loss, accuracy) in results.items():
+            values.append(Summary.Value(tag=f"{split}_loss", simple_value=float(loss)))
+            values.append(Summary.Value(tag=f"{split}_accuracy", simple_value=float(accuracy)))
         self._write(Summary(value=values), int(step))
 
     def _write(self, summary: Summary, step: int) -> None:

@@ -651,14 +651,19 @@ def predict(cfg: RunConfig, q_in: Any, fan_in: int) -> dict[str, Any]:
     }
 
 
-def fixed_point_of(cfg: RunConfig, fan_in: int) -> tuple[float | None, float | None]:
-    """The mean-field q* and c* of `cfg`'s hidden layers: a plain net of a family with mean-field theory
-    (no norm, no residual), else (None, None)."""
+def plain_fixed_point(cfg: RunConfig, fan_in: int) -> FixedPoint | None:
+    """The mean-field fixed point of `cfg`'s hidden layers: a plain net of a family with mean-field theory
+    (no norm, no residual), else None."""
     if families.of(cfg).theory != "mean_field" or cfg.norm != "none" or cfg.residual:
-        return None, None
+        return None
     _, wv, bv = config_variances(cfg, fan_in)
-    fp = _fixed_point_cached(cfg.activation, wv, bv or 0.0)
-    return metrics.clean(fp.q_star), metrics.clean(fp.c_star)
+    return _fixed_point_cached(cfg.activation, wv, bv or 0.0)
+
+
+def fixed_point_of(cfg: RunConfig, fan_in: int) -> tuple[float | None, float | None]:
+    """(q*, c*) of `plain_fixed_point`, or (None, None)."""
+    fp = plain_fixed_point(cfg, fan_in)
+    return (None, None) if fp is None else (metrics.clean(fp.q_star), metrics.clean(fp.c_star))
 
 
 @functools.lru_cache(maxsize=256)

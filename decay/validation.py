@@ -25,10 +25,23 @@ def _check(ok: bool, message: str) -> None:
 def validate_sweep(cfg: SweepConfig) -> None:
     """Raises ConfigError (one line, naming the flag) for any invalid setting."""
     b = cfg.base
-    for flag in ("learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum"):
+    if cfg.learning_rates is not None:  # a grid (the sweep's --learning_rates), checked before the base's rate
+        _check(len(cfg.rates) > 0, "--learning_rates is empty; give a comma list of rates > 0, e.g. 0.01,0.05,0.25")
+        for lr in cfg.rates:
+            _check(math.isfinite(lr) and lr > 0, f"--learning_rates contains {lr:g}; every rate must be a finite number > 0")
+    for flag in (
+        "learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum", "adam_eps", "weight_decay",
+        "val_fraction",
+    ):  # fmt: skip
         value = getattr(b, flag)
         _check(value is None or math.isfinite(value), f"--{flag}={value}; must be a finite number")
-    for flag, values in (("depths", cfg.depths), ("activations", cfg.activations), ("norms", cfg.norms)):
+    grid = (
+        ("depths", cfg.depths),
+        ("activations", cfg.activations),
+        ("norms", cfg.norms),
+        ("learning_rates", cfg.rates),
+    )
+    for flag, values in grid:
         dup = sorted({str(v) for v in values if list(values).count(v) > 1})
         _check(not dup, f"--{flag} lists {', '.join(dup)} more than once; give each value once")
     _check(b.model in FAMILIES, f"--model={b.model!r} is unknown; allowed: {', '.join(FAMILIES.names())}")
@@ -50,6 +63,9 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.optimizer in OPTIMIZERS, f"--optimizer={b.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS.names())}")
     _check(b.width >= 1, f"--width={b.width}; must be an integer >= 1")
     _check(b.learning_rate > 0, f"--learning_rate={b.learning_rate:g}; must be > 0")
+    _check(0.0 < b.val_fraction < 1.0, f"--val_fraction={b.val_fraction}; must be in (0, 1)")
+    _check(b.adam_eps > 0, f"--adam_eps={b.adam_eps}; must be > 0")
+    _check(b.weight_decay >= 0, f"--weight_decay={b.weight_decay}; must be >= 0")
     _check(b.batch_size >= 1, f"--batch_size={b.batch_size}; must be an integer >= 1")
     _check(b.steps >= 0, f"--steps={b.steps}; must be an integer >= 0 (0: measure at initialization only)")
     _check(b.eval_every >= 1, f"--eval_every={b.eval_every}; must be an integer >= 1")
@@ -68,4 +84,11 @@ def validate_sweep(cfg: SweepConfig) -> None:
 
 def validate_run(cfg: RunConfig) -> None:
     """`validate_sweep` for one run."""
-    validate_sweep(SweepConfig(base=cfg, depths=(cfg.depth,), activations=(cfg.activation,), norms=(cfg.norm,), seeds=1))
+    one = SweepConfig(
+        base=cfg,
+        depths=(cfg.depth,),
+        activations=(cfg.activation,),
+        norms=(cfg.norm,),
+        seeds=1,
+    )
+    validate_sweep(one)

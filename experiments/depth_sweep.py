@@ -1,7 +1,10 @@
-"""Depth sweep: per-layer gradient flow and trainability over depths x activations x norms x seeds.
+"""Depth sweep: per-layer gradient flow and trainability over depths x activations x norms x learning rates x seeds.
 
     python -m experiments.depth_sweep                      # the default sweep, a few minutes on a CPU
     python -m experiments.depth_sweep --depths=4,16 --activations=tanh --norms=none,batchnorm --seeds=2
+
+Each (depth, activation, norm) is tuned over --learning_rates on the validation split; the
+summary and the report show each configuration at its best rate, test numbers with intervals.
 
 Writes <workdir>/config.json, <workdir>/results.jsonl (one JSON line per run), TensorBoard events
 under <workdir>/tb/, per-run configs and Orbax checkpoints under <workdir>/runs/, report.md and
@@ -18,15 +21,22 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
+from decay.config import DEFAULT_LEARNING_RATES, SweepConfig
 from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, run_config
 
+_D = SweepConfig()  # the grid's defaults
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
-_DEPTHS = flags.DEFINE_list("depths", ["2", "4", "8", "16", "32", "64"], "Hidden-layer counts to sweep.")
-_ACTIVATIONS = flags.DEFINE_list("activations", ["sigmoid", "tanh", "relu"], "Activations to sweep.")
-_NORMS = flags.DEFINE_list("norms", ["none", "batchnorm", "layernorm"], "Normalizations to sweep.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per grid point (0..seeds-1).")
+_DEPTHS = flags.DEFINE_list("depths", [str(d) for d in _D.depths], "Hidden-layer counts to sweep.")
+_ACTIVATIONS = flags.DEFINE_list("activations", list(_D.activations), "Activations to sweep.")
+_NORMS = flags.DEFINE_list("norms", list(_D.norms), "Normalizations to sweep.")
+_LRS = flags.DEFINE_list(
+    "learning_rates",
+    [f"{v:g}" for v in DEFAULT_LEARNING_RATES],
+    "Learning rates; each configuration is tuned over them on validation.",
+)
+_SEEDS = flags.DEFINE_integer("seeds", _D.seeds, "Seeds per grid point (0..seeds-1).")
 # Every other setting of a run: one flag per RunConfig field, with its default and help.
-_RUN = define_run_flags(skip=("depth", "activation", "norm", "seed"))
+_RUN = define_run_flags(skip=("depth", "activation", "norm", "seed", "learning_rate"))
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
 
 
@@ -96,7 +106,7 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments {' '.join(argv[1:])}; all settings are --flags (see --helpshort)")
 
     # Imported after flag parsing so that --help stays fast.
-    from decay import ConfigError, SweepConfig, run_sweep
+    from decay import ConfigError, run_sweep
     from decay.metrics import summary_table
 
     depths = []
@@ -105,13 +115,20 @@ def main(argv: list[str]) -> None:
             depths.append(int(d))
         except ValueError:
             fail(f"--depths contains {d!r}; give a comma list of integers >= 1, e.g. 2,4,8")
-    base = run_config(_RUN)
+    lrs = []
+    for v in _LRS.value:
+        try:
+            lrs.append(float(v))
+        except ValueError:
+            fail(f"--learning_rates contains {v!r}; give a comma list of numbers > 0, e.g. 0.01,0.05,0.25")
+    base = run_config(_RUN, learning_rate=lrs[0] if lrs else SweepConfig().base.learning_rate)
     cfg = SweepConfig(
         base=base,
         depths=tuple(depths),
         activations=tuple(_ACTIVATIONS.value),
         norms=tuple(_NORMS.value),
         seeds=_SEEDS.value,
+        learning_rates=tuple(lrs),
     )
     workdir = _WORKDIR.value or f"runs/depth_sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     command = " ".join(["python -m experiments.depth_sweep", *(shlex.quote(a) for a in sys.argv[1:])])

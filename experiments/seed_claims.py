@@ -1,7 +1,10 @@
 """The seed's claims C1-C8, each settled by measurement: writes <workdir>/claims.md.
 
-    python -m experiments.seed_claims --workdir=runs/claims          # about 10 minutes on a 2-core CPU
-    python -m experiments.seed_claims --quick --workdir=runs/claims-quick
+    python -m experiments.seed_claims --workdir=runs/claims          # under 20 minutes on a 2-core CPU
+    python -m experiments.seed_claims --quick --workdir=runs/claims-quick   # under 3 minutes
+
+Every configuration is tuned on a validation split, comparisons are Welch 95% intervals over seeds
+(see decay/studies/claims.py).
 
 Also writes claims.json (verdicts and tables), claims/C*.png and runs.jsonl (every training run;
 rerunning the command reuses them, so an interrupted experiment resumes).
@@ -19,9 +22,9 @@ from decay.studies import claims
 from experiments._cli import define_run_flags, fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/seed_claims-<timestamp>.")
-_QUICK = flags.DEFINE_bool("quick", False, "2 seeds, 150 steps, width 64, deep = 16: about 2 minutes.")
+_QUICK = flags.DEFINE_bool("quick", False, "3 seeds, 150 steps, width 64, deep = 16, smaller grids: a smoke test.")
 _RUN = define_run_flags(only=("dataset", "data_dir"))
-_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per configuration; default 3 (2 with --quick).")
+_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per configuration and grid point; default 5 (3 with --quick).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps; default 300 (150 with --quick).")
 _CLAIMS = flags.DEFINE_list("claims", None, "Only these claims, e.g. C1,C8; default all.")
 _DEEP = flags.DEFINE_integer("deep", None, "Depth at which configurations are compared; default 32 (16 with --quick).")

@@ -24,16 +24,16 @@ from tests import shell
 
 
 def make_tiny_data() -> Dataset:
-    """64 train / 32 test Gaussian 8x8x1 images, 10 classes (the same every call)."""
+    """64 train / 32 test / 16 validation Gaussian 8x8x1 images, 10 classes (the same every call)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((96, 8, 8, 1)).astype(np.float32)
-    y = rng.integers(0, 10, 96).astype(np.int32)
-    return Dataset("tiny", x[:64], y[:64], x[64:], y[64:], 10)
+    x = rng.standard_normal((112, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 112).astype(np.int32)
+    return Dataset("tiny", x[:64], y[:64], x[64:96], y[64:96], 10, x[96:], y[96:])
 
 
 @pytest.fixture(scope="session")
 def tiny_data() -> Dataset:
-    """64 train / 32 test Gaussian 8x8x1 images, 10 classes."""
+    """64 train / 32 test / 16 validation Gaussian 8x8x1 images, 10 classes."""
     return make_tiny_data()
 
 
@@ -78,12 +78,13 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-# The depth sweep of `cli_sweep`: 2 depths x 2 activations x 2 norms x 2 seeds = 16 runs of 8 programs.
+# The depth sweep of `cli_sweep`: 2 depths x 2 activations x 2 norms x 2 learning rates x 1 seed = 16 runs of 8 programs.
 CLI_SWEEP = [
     "--depths=2,3",
     "--activations=tanh,relu",
     "--norms=none,batchnorm",
-    "--seeds=2",  # 2 runs of a program on 4 devices: the run axis is padded
+    "--learning_rates=0.05,0.2",  # two rates share a program: 2 runs of it on 4 devices, the run axis padded
+    "--seeds=1",
     "--width=8",
     "--steps=6",
     "--eval_every=3",

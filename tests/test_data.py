@@ -16,11 +16,40 @@ def test_digits_is_embedded_and_split_fixed_by_seed():
     a = data.load("digits", None, 0)
     b = data.load("digits", None, 0)
     c = data.load("digits", None, 1)
-    assert a.x_train.shape == (1438, 8, 8, 1) and a.x_test.shape == (359, 8, 8, 1)
+    # 1797 images: 359 test, and of the 1438 training images 20% (288) held out for validation.
+    assert a.x_train.shape == (1150, 8, 8, 1) and a.x_val.shape == (288, 8, 8, 1) and a.x_test.shape == (359, 8, 8, 1)
     np.testing.assert_array_equal(a.y_train, b.y_train)
-    assert not np.array_equal(a.y_train, c.y_train)
+    np.testing.assert_array_equal(a.y_val, b.y_val)
+    assert not np.array_equal(a.y_train, c.y_train) and not np.array_equal(a.y_val, c.y_val)
+    assert data.load("digits", None, 0, val_fraction=0.5).x_val.shape[0] == 719
     assert abs(float(a.x_train.mean())) < 1e-5 and float(a.x_train.std()) == pytest.approx(1.0, rel=1e-4)
     assert set(np.unique(a.y_train)) == set(range(10))
+
+
+def _ids(n: int) -> data.Dataset:
+    """A dataset whose every example carries its own index as its pixel value."""
+    x = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+    return data.Dataset("ids", x[: n - 20], np.zeros(n - 20, np.int32), x[n - 20 :], np.zeros(20, np.int32), 2)
+
+
+def test_validation_training_and_test_are_disjoint_and_fixed_by_the_data_seed():
+    ds = _ids(120)
+    a, b, c = (data.split_validation(ds, 0.25, seed) for seed in (3, 3, 4))
+    ids = {name: set(getattr(a, f"x_{name}").ravel().tolist()) for name in ("train", "val", "test")}
+    assert len(ids["val"]) == 25 and len(ids["train"]) == 75 and len(ids["test"]) == 20
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+    assert ids["train"] | ids["val"] == set(range(100))  # every training example lands in exactly one split
+    np.testing.assert_array_equal(a.x_val, b.x_val)
+    assert set(c.x_val.ravel().tolist()) != ids["val"]  # another data seed, another split
+    assert np.all(np.diff(a.x_train.ravel()) > 0)  # the training examples keep their order
+    with pytest.raises(ConfigError, match="--val_fraction=0.001 leaves no validation"):
+        data.split_validation(ds, 0.001, 0)
+
+
+def test_standardized_with_the_training_split_alone():
+    ds = data.standardize(data.split_validation(_ids(120), 0.25, 0))
+    assert abs(float(ds.x_train.mean())) < 1e-6 and float(ds.x_train.std()) == pytest.approx(1.0, rel=1e-5)
+    assert abs(float(ds.x_val.mean())) > 1e-3  # the validation split's own statistics were not used
 
 
 def test_synthetic_labels_come_from_a_fixed_teacher():
@@ -46,8 +75,8 @@ def test_mnist_reads_idx_files(tmp_path):
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs[:2], gz=False)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:2], gz=False)
     ds = data.load("mnist", str(tmp_path), 0)
-    assert ds.x_train.shape == (5, 28, 28, 1) and ds.x_test.shape == (2, 28, 28, 1)
-    np.testing.assert_array_equal(ds.y_train, labels)
+    assert ds.x_train.shape == (4, 28, 28, 1) and ds.x_val.shape == (1, 28, 28, 1) and ds.x_test.shape == (2, 28, 28, 1)
+    assert sorted([*ds.y_train.tolist(), *ds.y_val.tolist()]) == labels.tolist()
 
 
 def test_mnist_missing_files_name_them(tmp_path):
@@ -77,13 +106,15 @@ def test_cifar10_reads_binary_batches(tmp_path):
         rec = np.concatenate([rng.integers(0, 10, (3, 1)), rng.integers(0, 256, (3, 3072))], axis=1)
         (folder / name).write_bytes(rec.astype(np.uint8).tobytes())
     ds = data.load("cifar10", str(tmp_path), 0)
-    assert ds.x_train.shape == (15, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3)
-    # Channel-first records become NHWC, then standardized with the training set's statistics.
+    assert ds.x_train.shape == (12, 32, 32, 3) and ds.x_val.shape == (3, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3)
+    # Channel-first records become NHWC, then standardized with the training split's statistics.
     raw = np.frombuffer((folder / "test_batch.bin").read_bytes(), np.uint8).reshape(3, 3073)
     train_pixels = np.concatenate(
         [np.frombuffer((folder / f"data_batch_{i}.bin").read_bytes(), np.uint8).reshape(3, 3073)[:, 1:] for i in range(1, 6)]
     ).astype(np.float64)
-    mean, std = train_pixels.mean(), train_pixels.std()
+    order = np.random.default_rng([0, 7]).permutation(15)  # the validation split of data seed 0: 3 of 15
+    kept = np.setdiff1d(np.arange(15), order[:3])
+    mean, std = train_pixels[kept].mean(), train_pixels[kept].std()
     for c in range(3):
         assert ds.x_test[0, 0, 0, c] == pytest.approx((raw[0, 1 + c * 1024] - mean) / std, rel=1e-5)
         assert ds.x_test[1, 2, 5, c] == pytest.approx((raw[1, 1 + c * 1024 + 2 * 32 + 5] - mean) / std, rel=1e-5)

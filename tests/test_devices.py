@@ -22,7 +22,9 @@ def test_four_devices_give_the_numbers_of_one(tmp_path, cli_sweep):
     assert jax.device_count() != 4, "this process must see another device count than the sweep's"
     # Its depth-3 tanh runs again here, on this process's device: 2 runs per program, padded to 4 there.
     base = RunConfig(width=8, steps=6, eval_every=3, batch_size=32)  # the sweep's flags (tests/conftest.py CLI_SWEEP)
-    cfg = SweepConfig(base=base, depths=(3,), activations=("tanh",), norms=("none", "batchnorm"), seeds=2)
+    cfg = SweepConfig(
+        base=base, depths=(3,), activations=("tanh",), norms=("none", "batchnorm"), seeds=1, learning_rates=(0.05, 0.2)
+    )
     here = run_sweep(cfg, str(tmp_path), write_report=False)
     four = {r["name"]: r for r in cli_sweep.rows}
     assert len(here) == 4 and all(r["name"] in four for r in here)

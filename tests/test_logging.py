@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from decay import histograms, plots, report
+from decay import histograms, metrics, plots, report
 from decay.loop import train_run
 from tests.conftest import tiny_config
 from tests.shell import scratch, shell
@@ -91,6 +91,10 @@ def _row(depth, seed, activation="tanh", norm="none", signal=None, diverged=Fals
         "final_loss": 1.0,
         "test_loss": 1.0,
         "test_accuracy": acc,
+        "val_loss": None if diverged else 1.0,
+        "val_accuracy": acc,
+        "train_loss_end": None if acc is None else (1 - acc) * math.log(10),
+        "trainability": metrics.trainability(None if acc is None else (1 - acc) * math.log(10), 10, diverged),
         "diverged": diverged,
         "diverged_at_step": 7 if diverged else None,
         "chi": 0.25,
@@ -158,8 +162,9 @@ def test_report_from_results_alone():
     text = (tmp_path / "report.md").read_text()
     assert "| depth | activation | norm |" in text
     assert "**tanh without normalization**" in text and "**tanh with batchnorm**" in text
-    assert "1 of 4 runs diverged (depths 6)" in text
-    assert "the gradient shrinks x0.50 per layer toward the input (chi = 0.25)" in text
+    assert "diverged at the chosen rate: 1/2 at depth 6" in text
+    assert "at depth 6 the backprop signal shrinks x0.50 per layer toward the input (vanishing)" in text
+    assert "**Swept:** depths 2, 6; activations tanh; norms batchnorm, none; learning rates 0.1; 2 seeds." in text
     for line in text.splitlines():
         if line.startswith("!["):
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file()
@@ -174,13 +179,15 @@ def test_report_command_without_results_is_one_line():
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "has no results.jsonl" in out.stderr
 
 
-def test_config_sentence_names_the_failure():
+def test_config_sentence_names_the_failure_and_the_quantity():
     rows = [_row(2, 0, acc=0.95), _row(32, 0, acc=0.1, signal=[1e-8] + [1.0] * 31)]
     rows[1]["chi"] = 0.5776  # 0.76^2
-    line = report.config_sentence(rows)
-    assert "shrinks x0.76 per layer" in line
-    assert "at depth 32 the first layer gets 1.0e-08 of the last layer's gradient" in line
-    assert "95% at depth 2 and 10% at depth 32 (chance level)" in line
+    rows[1]["grad_norms_init"] = [1e-6] + [1.0] * 31
+    line = report.config_sentence(metrics.summarize(rows))
+    assert "at depth 32 the backprop signal shrinks x0.76 per layer toward the input (vanishing)" in line
+    assert "the backprop signal ||dL/dh|| reaching the first layer is 1.0e-08 of the last layer's" in line
+    assert "the kernel gradient ||dL/dW|| (what the optimizer sees) first/last is 1.0e-06" in line
+    assert "depth 2: trains, test 95.0%; depth 32: fails, test 10.0%" in line
 
 
 def test_report_command_requires_workdir():

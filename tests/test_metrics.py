@@ -34,14 +34,55 @@ def test_fit_chi_skips_underflow_and_non_finite():
     assert metrics.fit_chi([1.0]) is None
 
 
-def test_verdict_thresholds_on_chi_to_the_depth():
-    assert metrics.verdict(0.9, 64) == "vanishing"  # 0.9^64 = 1.2e-3
+def test_verdict_thresholds_on_chi_to_the_depth_minus_one():
+    assert metrics.verdict(0.9, 64) == "vanishing"  # 0.9^63 = 1.3e-3
     assert metrics.verdict(0.99, 64) == "stable"  # 0.53
-    assert metrics.verdict(1.1, 64) == "exploding"  # 445
-    assert metrics.verdict(1.1, 8) == "stable"  # 2.1
+    assert metrics.verdict(1.1, 64) == "exploding"  # 406
+    assert metrics.verdict(1.1, 8) == "stable"  # 1.9
+    # Depth 2 has one layer map between h_1 and h_0: the gain is chi itself, not chi^2.
+    assert metrics.verdict(0.2, 2) == "stable"  # chi^2 = 0.04 would also be stable; chi^1 = 0.2
+    assert metrics.verdict(0.0099, 2) == "vanishing" and metrics.verdict(0.0101, 2) == "stable"
+    assert metrics.verdict(0.11, 3) == "stable" and metrics.verdict(0.09, 3) == "vanishing"  # 0.0121 vs 0.0081
     assert metrics.verdict(None, 1) == "n/a"
     assert metrics.verdict(None, 4, [0.0, 0.0, 0.0, 1.0]) == "vanishing"
     assert metrics.verdict(None, 4, [float("inf"), None, 1.0, 1.0]) == "exploding"
+
+
+def test_thresholds_at_their_exact_boundaries():
+    # chi^(depth-1) exactly at a threshold is stable (strict inequalities); just past it is not.
+    d = 5
+    at_low, at_high = 1e-2 ** (1 / (d - 1)), 1e2 ** (1 / (d - 1))
+    assert metrics.verdict(at_low * (1 + 1e-9), d) == "stable" and metrics.verdict(at_low * (1 - 1e-6), d) == "vanishing"
+    assert metrics.verdict(at_high * (1 - 1e-9), d) == "stable" and metrics.verdict(at_high * (1 + 1e-6), d) == "exploding"
+
+
+def test_borderline_is_within_a_factor_two_of_a_threshold():
+    assert metrics.borderline(0.015, 2) and metrics.borderline(0.006, 2)  # 1.5x above and 1.7x below 1e-2
+    assert not metrics.borderline(0.021, 2) and not metrics.borderline(0.004, 2)
+    assert metrics.borderline(150.0, 2) and not metrics.borderline(250.0, 2) and not metrics.borderline(1.0, 2)
+    assert not metrics.borderline(None, 4) and not metrics.borderline(0.5, 1)
+
+
+def test_trainability_from_the_training_loss_against_chance():
+    chance = math.log(10)
+    assert metrics.trainability(0.49 * chance, 10, False) == "trains"
+    assert metrics.trainability(0.51 * chance, 10, False) == "partial"
+    assert metrics.trainability(0.89 * chance, 10, False) == "partial"
+    assert metrics.trainability(0.9 * chance, 10, False) == "fails"
+    assert metrics.trainability(5.0, 10, False) == "fails" and metrics.trainability(None, 10, False) == "fails"
+    assert metrics.trainability(0.1, 10, True) == "diverged"
+    assert metrics.trainability(0.3 * math.log(2), 2, False) == "trains"
+
+
+def test_still_improving_compares_the_end_with_the_budget_up_to_three_quarters():
+    def hist(*accs):
+        return [{"step": 100 * i, "val_accuracy": a} for i, a in enumerate(accs)]
+
+    assert metrics.still_improving(hist(0.1, 0.5, 0.6, 0.65), 300) is True  # 0.65 > 0.6 + 0.01
+    assert metrics.still_improving(hist(0.1, 0.5, 0.6, 0.605), 300) is False
+    assert metrics.still_improving(hist(0.1, 0.7, 0.6, 0.65), 300) is False  # the best came early
+    assert metrics.still_improving(hist(0.1, 0.9), 100) is None  # nothing after step 0 to compare with
+    assert metrics.best_val_step(hist(0.1, 0.7, 0.7, 0.65)) == 100
 
 
 def test_clean_makes_non_finite_json_safe():
@@ -50,26 +91,48 @@ def test_clean_makes_non_finite_json_safe():
     assert metrics.clean(np.float32(2.5)) == 2.5
 
 
-def test_summary_groups_seeds_and_counts_divergence():
-    def row(seed, acc, diverged, chi):
-        return {
-            "model": "mlp",
-            "depth": 8,
-            "activation": "tanh",
-            "norm": "none",
-            "residual": False,
-            "init": "lecun_normal",
-            "chi": chi,
-            "test_accuracy": acc,
-            "diverged": diverged,
-            "verdict": metrics.verdict(chi, 8),
-            "signal_norms_init": [0.1, 1.0],
-        }
+def _summary_row(seed, acc, diverged, chi, lr=0.1, val=None):
+    return {
+        "model": "mlp",
+        "depth": 8,
+        "width": 128,
+        "activation": "tanh",
+        "norm": "none",
+        "residual": False,
+        "init": "lecun_normal",
+        "learning_rate": lr,
+        "chi": chi,
+        "test_accuracy": acc,
+        "val_accuracy": acc if val is None else val,
+        "val_loss": None if diverged else 1.0,
+        "diverged": diverged,
+        "verdict": metrics.verdict(chi, 8),
+        "signal_norms_init": [0.1, 1.0],
+        "grad_norms_init": [0.2, 1.0],
+        "num_classes": 10,
+    }
 
-    rows = [row(0, 0.5, False, 0.5), row(1, 0.7, True, 0.6), row(2, None, True, None)]
+
+def test_summary_groups_seeds_and_counts_divergence():
+    rows = [_summary_row(0, 0.5, False, 0.5), _summary_row(1, 0.7, True, 0.6), _summary_row(2, None, True, None)]
     (s,) = metrics.summarize(rows)
     assert s["seeds"] == 3 and s["diverged"] == 2
-    assert s["acc_mean"] == pytest.approx(0.6) and s["chi"] == pytest.approx(0.55)
-    assert s["first_over_last"] == pytest.approx(0.1)
+    # A diverged run counts 0: mean of (0.5, 0.7, 0) with its sample std (ddof = 1).
+    assert s["acc_mean"] == pytest.approx(0.4) and s["acc_std"] == pytest.approx(float(np.std([0.5, 0.7, 0.0], ddof=1)))
+    assert s["chi"] == pytest.approx(0.55) and (s["chi_min"], s["chi_max"]) == (0.5, 0.6)
+    assert s["first_over_last"] == pytest.approx(0.1) and s["kernel_first_over_last"] == pytest.approx(0.2)
     table = metrics.summary_table(rows)
-    assert "| 8 | tanh | none | lecun_normal | 0.550 |" in table and "2/3" in table
+    assert "| 8 | tanh | none | 0.1 | 0.550 [0.500, 0.600] |" in table and "2/3" in table
+
+
+def test_best_learning_rate_is_chosen_on_validation_never_on_test():
+    # lr 0.1 wins on test, lr 0.3 on validation: the summary must show 0.3 and its test numbers.
+    rows = [_summary_row(s, 0.9, False, 0.5, lr=0.1, val=0.6) for s in range(3)]
+    rows += [_summary_row(s, 0.7, False, 0.5, lr=0.3, val=0.8) for s in range(3)]
+    rows += [_summary_row(s, 0.1, False, 0.5, lr=1.0, val=0.1) for s in range(3)]
+    (s,) = metrics.summarize(rows)
+    assert s["learning_rate"] == 0.3 and s["acc_mean"] == pytest.approx(0.7) and not s["lr_at_edge"]
+    assert [r["learning_rate"] for r in metrics.tuned_rows(rows)] == [0.3] * 3
+    (edge,) = metrics.summarize(rows[3:])  # 0.3 is now the smallest rate of the grid
+    assert edge["learning_rate"] == 0.3 and edge["lr_at_edge"]
+    assert "| 0.3 (edge) |" in metrics.summary_table(rows[3:])

@@ -50,8 +50,8 @@ def test_depth_sweep_end_to_end(cli_sweep, capsys):
     assert "[16/16]" in out.stdout and "| depth | activation | norm |" in out.stdout
     rows = cli_sweep.rows
     assert len(rows) == 16
-    assert {(r["depth"], r["activation"], r["norm"], r["seed"]) for r in rows} == {
-        (d, a, n, s) for d in (2, 3) for a in ("tanh", "relu") for n in ("none", "batchnorm") for s in (0, 1)
+    assert {(r["depth"], r["activation"], r["norm"], r["learning_rate"]) for r in rows} == {
+        (d, a, n, lr) for d in (2, 3) for a in ("tanh", "relu") for n in ("none", "batchnorm") for lr in (0.05, 0.2)
     }
     for r in rows:
         assert set(REQUIRED) <= set(r)
@@ -61,8 +61,12 @@ def test_depth_sweep_end_to_end(cli_sweep, capsys):
         assert r["chi"] > 0 and 0 <= r["test_accuracy"] <= 1 and r["diverged"] is False
         assert r["init"] == ("he_normal" if r["activation"] == "relu" else "lecun_normal")
         assert [h["step"] for h in r["history"]] == [0, 3, 6]
+        assert 0 <= r["val_accuracy"] <= 1 and r["trainability"] in ("trains", "partial", "fails")
     config = json.loads((workdir / "config.json").read_text())
-    assert config["depths"] == [2, 3] and config["base"]["width"] == 8
+    assert config["depths"] == [2, 3] and config["base"]["width"] == 8 and config["learning_rates"] == [0.05, 0.2]
+    # The table shows each configuration once, at its rate chosen on validation.
+    table = [line for line in out.stdout.splitlines() if line.startswith("| 2 ") or line.startswith("| 3 ")]
+    assert len(table) == 8
     assert (workdir / "report.md").is_file()
 
     # Same command again (the entry point's main, in this process): every run is skipped, results.jsonl untouched.
@@ -111,6 +115,7 @@ def test_steps_zero_measures_at_initialization(tmp_path):
     (r,) = run_sweep(cfg, str(tmp_path))
     assert r["grad_norms_init"] == r["grad_norms_final"] and len(r["signal_norms_init"]) == 4
     assert r["history"] == [r["history"][0]] and r["final_loss"] > 0
+    assert r["train_loss_end"] == r["train_loss_init"] == r["history"][0]["train_eval_loss"]
 
 
 # ---- bad input: one line on stderr naming the flag, non-zero exit, no traceback ----
@@ -151,14 +156,17 @@ def _run_main(capsys, *args):
         (["--depths=4,0"], "--depths contains 0; every depth must be an integer >= 1"),
         (["--depths=4,x"], "--depths contains 'x'"),
         (["--width=0"], "--width=0; must be an integer >= 1"),
-        (["--learning_rate=-0.1"], "--learning_rate=-0.1; must be > 0"),
-        (["--learning_rate=0"], "--learning_rate=0; must be > 0"),
+        (["--learning_rates=0.1,-0.1"], "--learning_rates contains -0.1; every rate must be a finite number > 0"),
+        (["--learning_rates=0"], "--learning_rates contains 0; every rate must be a finite number > 0"),
+        (["--learning_rates=0.1,x"], "--learning_rates contains 'x'"),
+        (["--learning_rates=0.1,0.1"], "--learning_rates lists 0.1 more than once"),
+        (["--val_fraction=1"], "--val_fraction=1.0; must be in (0, 1)"),
         (["--batch_size=0"], "--batch_size=0; must be an integer >= 1"),
-        (["--batch_size=5000"], "--batch_size=5000 exceeds the 1438 training examples of --dataset=digits"),
+        (["--batch_size=5000"], "--batch_size=5000 exceeds the 1150 training examples of --dataset=digits"),
         (["--dataset=mnist"], "--dataset=mnist reads local files: set --data_dir"),
         (["--dataset=mnist", "--data_dir=/nonexistent/mnist"], "--data_dir=/nonexistent/mnist is not a folder"),
         (["--model=seed_cnn", "--depths=2"], "--depths must be 1 for --model=seed_cnn"),
-        (["--learning_rate=inf"], "--learning_rate=inf; must be a finite number"),
+        (["--learning_rates=inf"], "--learning_rates contains inf; every rate must be a finite number > 0"),
         (["--residual_scale=nan"], "--residual_scale=nan; must be a finite number"),
         (["--depths=2,4,2"], "--depths lists 2 more than once"),
         (["--activations=tanh,tanh"], "--activations lists tanh more than once"),

@@ -1,27 +1,34 @@
-"""The seed's claims C1-C8, each settled by an experiment built on the library.
+"""The seed's claims C1-C8, each settled by an experiment built on the library, on the honest-science protocol.
 
-Every claim trains the runs it needs (through the study runner, `decay.runner.Runner`: the
-seeds of a configuration train side by side over the devices; runs shared between claims
-are trained once and kept in `<workdir>/runs.jsonl`, so an interrupted experiment resumes),
-reduces them to its decisive numbers with their spread across seeds, draws one figure, and
-derives its verdict from those numbers by the rules written in its function. Nothing in a
-verdict is typed in by hand: other seeds, another dataset or other settings change the report
-with the evidence.
+Protocol (the same for every claim):
+- every configuration is tuned: its learning rate (and, where a claim is about them, its clipping
+  threshold or Adam's epsilon) is chosen over a grid on the validation split
+  (`decay.stats.best_by_validation`); the test split only reports;
+- a comparison is between each side's tuned best, over `seeds` seeds (5 by default), with Welch's
+  95% interval of the difference of mean test accuracies (`decay.stats.welch`): a difference whose
+  interval holds 0 is "no difference";
+- trainability is read from the final training loss against chance (`decay.metrics.trainability`);
+- every rule can come out either way; the verdict follows from the numbers, nothing is typed in.
+
+Runs are trained through the study runner (`decay.runner.Runner`): a configuration's learning
+rates and seeds share one compiled program and train side by side; every row is kept in
+`<workdir>/runs.jsonl`, so an interrupted experiment resumes and runs shared between claims train once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from decay import metrics, results
+from decay import metrics, results, stats
 from decay.config import RunConfig, SweepConfig
 from decay.errors import ConfigError
 from decay.row import Row
@@ -29,7 +36,6 @@ from decay.runner import Event, Runner
 from decay.validation import validate_sweep
 
 SUPPORTED, REFUTED = "supported", "refuted"
-STALL_GAP = 0.10  # an accuracy difference of 10 points is "clearly better"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,16 +44,19 @@ class ClaimsConfig:
 
     dataset: str = "digits"  # dataset of every run (the embedded one by default)
     data_dir: str | None = None  # folder of local dataset files
-    seeds: int = 3  # seeds per configuration
-    steps: int = 300  # SGD/Adam steps per run
+    seeds: int = 5  # seeds per configuration and grid value
+    steps: int = 300  # training steps per run
     width: int = 128  # hidden width of the MLPs
     shallow: int = 4  # the shallow depth of depth comparisons
     deep: int = 32  # the depth at which configurations are compared
-    learning_rate: float = 0.02  # SGD learning rate (the depth sweep's default)
-    adam_learning_rate: float = 1e-3  # Adam's learning rate (its usual default)
-    clip_norm: float = 1.0  # global-norm clipping threshold tried in C2
-    seed_net_seeds: int = 5  # seeds of the seed's example net (C7)
-    seed_net_steps: int = 300  # its SGD steps at lr 0.01
+    learning_rates: tuple[float, ...] = (0.01, 0.05, 0.25)  # SGD's grid
+    adam_learning_rates: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # Adam's grid
+    adam_eps: tuple[float, ...] = (1e-8, 1e-4)  # Adam's epsilon grid (C6)
+    clip_norms: tuple[float, ...] = (1.0, 10.0)  # clipping thresholds tried against none (C2)
+    weight_vars: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # the weights' scale sweep (C8)
+    weight_decays: tuple[float, ...] = (1e-3, 1e-2)  # L2 weight decay against none (C8)
+    seed_net_learning_rates: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # the seed's net (C7)
+    seed_net_steps: int = 300  # its SGD steps
 
     def base(self, **overrides: Any) -> RunConfig:
         """A run of these settings; `overrides` set the configuration under test."""
@@ -56,19 +65,41 @@ class ClaimsConfig:
             data_dir=self.data_dir,
             width=self.width,
             steps=self.steps,
-            learning_rate=self.learning_rate,
-            eval_every=max(self.steps, 1),
+            learning_rate=self.learning_rates[0],
+            eval_every=max(self.steps // 3, 1),
             checkpoint_every=0,
             instruments="basic",
         )
         return dataclasses.replace(cfg, **overrides)
 
 
-QUICK = ClaimsConfig(seeds=2, steps=150, width=64, deep=16, seed_net_seeds=3, seed_net_steps=150)
+QUICK = ClaimsConfig(
+    seeds=3,
+    steps=150,
+    width=64,
+    deep=16,
+    learning_rates=(0.05, 0.25),
+    adam_learning_rates=(1e-3, 1e-2),
+    adam_eps=(1e-8,),
+    clip_norms=(1.0,),
+    weight_vars=(0.5, 1.0, 2.0),
+    weight_decays=(1e-2,),
+    seed_net_learning_rates=(0.03, 0.3, 1.0),
+    seed_net_steps=150,
+)
+
+
+class Tuned(NamedTuple):
+    """One configuration tuned on validation over a grid."""
+
+    rows: list[Row]  # the seeds at the chosen grid point
+    choice: dict[str, Any]  # the chosen grid point, e.g. {"learning_rate": 0.05}
+    at_edge: bool  # a chosen value is the smallest or largest of its axis (of >= 2 values)
+    all_rows: list[Row]  # every run of the grid
 
 
 class Runs:
-    """Trains configurations on demand, every seed side by side, and keeps each row in `<workdir>/runs.jsonl`."""
+    """Trains configurations on demand, every grid point and seed side by side; keeps each row in `<workdir>/runs.jsonl`."""
 
     def __init__(self, cfg: ClaimsConfig, workdir: str, on_run: Callable[[str, Row], None] | None = None):
         self.cfg = cfg
@@ -84,10 +115,32 @@ class Runs:
         if e.kind == "done" and self.on_run:
             self.on_run(_label(e.config), e.row)
 
+    def _train(self, cfgs: list[RunConfig]) -> list[Row]:
+        return self.runner.run(cfgs, self._on_event, transform=lambda c, r: {**r, "_key": _key(c)})
+
     def get(self, seeds: int | None = None, **overrides: Any) -> list[Row]:
         """Rows of the configuration `base(**overrides)`, one per seed."""
-        cfgs = [self.cfg.base(**overrides, seed=seed) for seed in range(seeds or self.cfg.seeds)]
-        return self.runner.run(cfgs, self._on_event, transform=lambda c, r: {**r, "_key": _key(c)})
+        return self._train([self.cfg.base(**overrides, seed=seed) for seed in range(seeds or self.cfg.seeds)])
+
+    def tuned(self, grid: dict[str, Sequence[Any]] | None = None, seeds: int | None = None, **overrides: Any) -> Tuned:
+        """`base(**overrides)` over the grid (default: SGD's learning rates), the best point chosen on validation."""
+        grid = grid or {"learning_rate": self.cfg.learning_rates}
+        names = list(grid)
+        points = list(itertools.product(*(grid[n] for n in names)))
+        cfgs = [
+            self.cfg.base(**{**overrides, **dict(zip(names, p, strict=True))}, seed=seed)
+            for p in points
+            for seed in range(seeds or self.cfg.seeds)
+        ]
+        rows = self._train(cfgs)
+        choice = stats.best_by_validation(rows, lambda r: tuple(r[n] for n in names))
+        chosen = dict(zip(names, choice.value, strict=True))
+        edge = any(len(set(grid[n])) >= 2 and chosen[n] in (min(grid[n], key=_order), max(grid[n], key=_order)) for n in names)
+        return Tuned(choice.rows, chosen, edge, rows)
+
+
+def _order(v: Any) -> float:
+    return -1.0 if v is None else float(v)
 
 
 def _key(c: RunConfig) -> str:
@@ -95,7 +148,7 @@ def _key(c: RunConfig) -> str:
 
 
 def _label(c: RunConfig) -> str:
-    parts = [c.model, c.activation, c.norm, f"depth {c.depth}"]
+    parts = [c.model, c.activation, c.norm, f"depth {c.depth}", f"lr {c.learning_rate:g}"]
     if c.init != "auto":
         parts.append(c.init)
     if c.weight_var is not None:
@@ -103,9 +156,11 @@ def _label(c: RunConfig) -> str:
     if c.residual:
         parts.append(f"residual {c.residual_scale:.3g}")
     if c.optimizer != "sgd":
-        parts.append(c.optimizer)
+        parts.append(f"{c.optimizer} eps {c.adam_eps:g}")
     if c.clip_norm is not None:
         parts.append(f"clip {c.clip_norm:g}")
+    if c.weight_decay:
+        parts.append(f"weight decay {c.weight_decay:g}")
     return ", ".join(parts) + f", seed {c.seed}"
 
 
@@ -122,10 +177,25 @@ def _vals(rows: Sequence[Row], fn: Callable[[Row], Any]) -> list[float]:
     return out
 
 
-def acc(rows: Sequence[Row]) -> tuple[float, float]:
-    """Mean and std over seeds of test accuracy; a diverged run (no test score) counts as 0."""
-    v = [0.0 if r["test_accuracy"] is None else r["test_accuracy"] for r in rows]
-    return float(np.mean(v)), float(np.std(v))
+def test_accs(rows: Sequence[Row]) -> list[float]:
+    """Test accuracy per seed; a diverged run (no test score) counts 0."""
+    return [0.0 if r["test_accuracy"] is None else r["test_accuracy"] for r in rows]
+
+
+def acc(rows: Sequence[Row]) -> stats.Summary:
+    """Mean test accuracy over seeds with sample std and 95% interval (diverged runs count 0)."""
+    return stats.mean_std_ci(test_accs(rows), (0.0, 1.0))
+
+
+def compare(a: Sequence[Row], b: Sequence[Row]) -> stats.Difference:
+    """Welch's 95% interval of mean test accuracy a - b."""
+    return stats.welch(test_accs(a), test_accs(b))
+
+
+def trains(rows: Sequence[Row]) -> str:
+    """The most common trainability over seeds (trains | partial | fails | diverged)."""
+    v = [r["trainability"] for r in rows]
+    return max(sorted(set(v)), key=v.count)
 
 
 def median(rows: Sequence[Row], fn: Callable[[Row], Any]) -> float | None:
@@ -149,13 +219,18 @@ def first_layer_update(r: Row) -> float | None:
     return u[0] / u[-1] if u and u[0] is not None and u[-1] else None
 
 
+def first_layer_grad(r: Row) -> float | None:
+    """||dL/dW_0|| at initialization."""
+    g = r["grad_norms_init"]
+    return g[0] if g else None
+
+
 def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
 def _acc_str(rows: Sequence[Row]) -> str:
-    m, s = acc(rows)
-    return f"{100 * m:.1f} ± {100 * s:.1f}%"
+    return acc(rows).fmt(100, ".1f", "%")
 
 
 def _range_str(rows: Sequence[Row], fn: Callable[[Row], Any], spec: str = ".3g") -> str:
@@ -172,15 +247,28 @@ def _diverged(rows: Sequence[Row]) -> str:
     return f"{sum(bool(r['diverged']) for r in rows)}/{len(rows)}"
 
 
+def _chosen(t: Tuned) -> str:
+    names = {"learning_rate": "lr", "clip_norm": "clip", "adam_eps": "eps"}
+    text = ", ".join(f"{names.get(k, k)} {'none' if v is None else format(v, 'g')}" for k, v in t.choice.items())
+    return text + (" (edge)" if t.at_edge else "")
+
+
 def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return out
 
 
+def _bars(groups: dict[str, dict[str, Sequence[Row]]], ylabel: str, chance: float) -> dict[str, Any]:
+    """A bar figure of mean test accuracy with 95% intervals: group -> label -> rows."""
+    means = {g: {k: acc(rs).mean for k, rs in v.items()} for g, v in groups.items()}
+    errors = {g: {k: (acc(rs).lo, acc(rs).hi) for k, rs in v.items()} for g, v in groups.items()}
+    return {"kind": "bars", "ylabel": ylabel, "groups": means, "errors": errors, "chance": chance}
+
+
 @dataclasses.dataclass
 class Claim:
-    """One claim's outcome: what was asked, how it was measured, the numbers, the figure, the verdict."""
+    """One claim's outcome: what was asked, how it was measured, the numbers, the figure, the verdict and its rule."""
 
     id: str
     claim: str
@@ -189,6 +277,7 @@ class Claim:
     table: list[str]
     verdict: str
     because: str
+    rule: str = ""
     figure: str | None = None
     figure_series: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -197,244 +286,320 @@ class Claim:
 # The claims
 
 
+def _significant(d: stats.Difference, sign: int) -> bool:
+    return d.significant and (d.diff > 0 if sign > 0 else d.diff < 0)
+
+
+def rule_c1(cases: dict[str, tuple[bool, stats.Difference, str]]) -> tuple[str, str]:
+    """cases: activation -> (backprop signal vanishing at the deep depth, deep - shallow test accuracy, deep trainability).
+
+    An activation is affected when its signal vanishes and the deep net trains worse than the shallow one
+    (a significant drop) or not at all. Supported: every activation affected; refuted: none; else depends.
+    """
+    affected = [a for a, (van, d, tr) in cases.items() if van and (_significant(d, -1) or tr != "trains")]
+    vanishing = [a for a, (van, _, _) in cases.items() if van]
+    parts = []
+    for a, (van, d, tr) in cases.items():
+        parts.append(f"{a}: signal {'vanishes' if van else 'does not vanish'}, deep vs shallow {d.words()}, deep net {tr}")
+    if len(affected) == len(cases):
+        return SUPPORTED, "; ".join(parts)
+    if not affected:
+        return REFUTED, "; ".join(parts) + ("" if vanishing else "; no saturating net's signal vanished")
+    return "depends on the activation", "; ".join(parts)
+
+
 def c1_saturating(runs: Runs) -> Claim:
     cfg = runs.cfg
     acts = ("sigmoid", "tanh")
-    lines, shrinks, stalls = [], {}, {}
+    lines, cases, profiles = [], {}, {}
     for act in (*acts, "relu"):
-        for depth in (cfg.shallow, cfg.deep):
-            rows = runs.get(activation=act, depth=depth)
+        tuned = {d: runs.tuned(activation=act, depth=d) for d in (cfg.shallow, cfg.deep)}
+        for d, t in tuned.items():
             lines.append(
                 [
                     act,
-                    str(depth),
-                    _range_str(rows, lambda r: r["chi"]),
-                    _range_str(rows, metrics.first_over_last, ".2e"),
-                    _range_str(rows, first_layer_update, ".2e"),
-                    _acc_str(rows),
+                    str(d),
+                    _chosen(t),
+                    _range_str(t.rows, lambda r: r["chi"]),
+                    metrics.group_verdict(t.rows),
+                    _range_str(t.rows, metrics.first_over_last, ".2e"),
+                    _range_str(t.rows, first_layer_update, ".2e"),
+                    trains(t.rows),
+                    _acc_str(t.rows),
                 ]
             )
-        deep_rows = runs.get(activation=act, depth=cfg.deep)
-        ratio = median(deep_rows, metrics.first_over_last)
-        shrinks[act] = ratio is not None and ratio < 0.5 and (median(deep_rows, lambda r: r["chi"]) or 0) < 1
-        stalls[act] = acc(deep_rows)[0] < 1.5 * runs.chance
-    # Rule: supported when every saturating activation shrinks the gradient toward the input at
-    # the deep depth and stalls there; refuted when none shrinks it; otherwise it depends.
-    if all(shrinks[a] and stalls[a] for a in acts):
-        verdict, because = SUPPORTED, f"both shrink the gradient toward the input and stall at depth {cfg.deep}"
-    elif not any(shrinks[a] for a in acts):
-        verdict, because = REFUTED, f"neither sigmoid nor tanh shrinks the gradient toward the input at depth {cfg.deep}"
-    else:
-        parts = []
-        for a in acts:
-            state = ("shrinks" if shrinks[a] else "does not shrink") + " the gradient toward the input and "
-            state += "stalls (chance accuracy)" if stalls[a] else "still trains"
-            parts.append(f"{a} {state}")
-        verdict, because = "depends on the activation", "; ".join(parts) + f" at depth {cfg.deep}"
+        deep, shallow = tuned[cfg.deep].rows, tuned[cfg.shallow].rows
+        profiles[act] = _median_profile(deep, "signal_norms_init")
+        if act in acts:
+            cases[act] = (metrics.group_verdict(deep) == "vanishing", compare(deep, shallow), trains(deep))
+    verdict, because = rule_c1(cases)
     return Claim(
         "C1",
         "Deep nets with saturating activations have gradients that shrink toward the input, stalling early layers.",
-        "Does the backprop signal shrink toward the input for sigmoid and tanh, and do the early layers stop learning?",
+        "Does the backprop signal vanish toward the input for sigmoid and tanh, and does the deep net then train worse?",
         f"Plain MLPs (width {cfg.width}, LeCun init; ReLU with He init as the reference) at depths {cfg.shallow} and "
-        f"{cfg.deep}, SGD lr {cfg.learning_rate:g}, {cfg.steps} steps, {cfg.seeds} seeds. chi = per-layer factor of "
-        "||dL/dh||^2 at init; first/last = ||dL/dh_0|| / ||dL/dh_{L-1}|| at init; first-layer update = the first "
-        "layer's relative update over the last layer's at the last step.",
-        _table(["activation", "depth", "chi", "grad first/last", "first-layer update / last", "test acc"], lines),
+        f"{cfg.deep}, each tuned over SGD learning rates {list(cfg.learning_rates)} on validation, {cfg.steps} steps, "
+        f"{cfg.seeds} seeds. chi = per-layer factor of ||dL/dh||^2 at init; first/last = ||dL/dh_0|| / ||dL/dh_{{L-1}}||; "
+        "first-layer update = the first layer's relative update over the last layer's at the last step.",
+        _table(
+            [
+                "activation",
+                "depth",
+                "chosen",
+                "chi",
+                "verdict",
+                "grad first/last",
+                "first-layer update / last",
+                "training",
+                "test acc",
+            ],
+            lines,
+        ),
         verdict,
         because,
-        figure_series={
-            "kind": "layers",
-            "ylabel": "log10 ||dL/dh_l|| at init (median over seeds)",
-            "series": {a: _median_profile(runs.get(activation=a, depth=cfg.deep), "signal_norms_init") for a in (*acts, "relu")},
-        },
+        rule="an activation is affected when its backprop signal vanishes at the deep depth and the deep net trains "
+        "significantly worse than the shallow one (Welch 95%) or does not train; supported when sigmoid and tanh both are, "
+        "refuted when neither is",
+        figure_series={"kind": "layers", "ylabel": "log10 ||dL/dh_l|| at init (median over seeds)", "series": profiles},
     )
+
+
+def rule_c2(cases: dict[str, tuple[bool, stats.Difference, bool, stats.Difference]]) -> tuple[str, str]:
+    """cases: net -> (exploding at init, tuned net - stable reference test accuracy, diverged at every rate without
+    clipping, best clipped - best unclipped).
+
+    Destabilised: exploding, and diverging at every rate or training significantly worse than the reference.
+    Supported: some net destabilised; refuted: nets explode but none is destabilised; not tested: none explodes.
+    """
+    exploding = [n for n, c in cases.items() if c[0]]
+    destabilised = [n for n, (ex, d, div, _) in cases.items() if ex and (div or _significant(d, -1))]
+    clip = "; ".join(f"clipping for {n}: {c[3].words()}" for n, c in cases.items())
+    vs_ref = "; ".join(f"{n} vs the reference {c[1].words()}" for n, c in cases.items())
+    if not exploding:
+        return "not tested", f"no configuration tried made gradients explode; {vs_ref}"
+    if destabilised:
+        return (
+            SUPPORTED,
+            f"gradients explode in {', '.join(exploding)} and training is destabilised in {', '.join(destabilised)}; "
+            f"{vs_ref}; {clip}",
+        )
+    return REFUTED, f"gradients explode in {', '.join(exploding)} but tuned training matches the reference; {vs_ref}; {clip}"
 
 
 def c2_exploding(runs: Runs) -> Claim:
     cfg = runs.cfg
-    ref = runs.get(activation="relu", depth=cfg.deep)
-    cases = {
+    ref = runs.tuned(activation="relu", depth=cfg.deep)
+    nets = {
         "relu, weight_var 3 (chaotic init)": dict(activation="relu", depth=cfg.deep, weight_var=3.0),
         "relu + batchnorm": dict(activation="relu", norm="batchnorm", depth=cfg.deep),
     }
     lines = [
         [
             "relu, He init (reference)",
-            "no",
-            _range_str(ref, lambda r: r["chi"]),
-            _range_str(ref, metrics.first_over_last, ".2e"),
-            _diverged(ref),
-            _acc_str(ref),
+            _chosen(ref),
+            _range_str(ref.rows, lambda r: r["chi"]),
+            metrics.group_verdict(ref.rows),
+            _diverged(ref.rows),
+            trains(ref.rows),
+            _acc_str(ref.rows),
         ]
     ]
-    exploding, destabilised, clip_effect = [], [], []
-    ref_acc = acc(ref)[0]
-    for name, over in cases.items():
-        plain = runs.get(**over)
-        clipped = runs.get(**over, clip_norm=cfg.clip_norm)
-        for rows, clip in ((plain, "no"), (clipped, f"global norm {cfg.clip_norm:g}")):
+    cases, groups = {}, {"tuned": {"relu He (reference)": ref.rows}}
+    for name, over in nets.items():
+        plain = runs.tuned(**over)
+        clipped = runs.tuned({"clip_norm": cfg.clip_norms, "learning_rate": cfg.learning_rates}, **over)
+        for label, t in ((f"{name}, no clipping", plain), (f"{name}, clipping tuned", clipped)):
             lines.append(
                 [
-                    name,
-                    clip,
-                    _range_str(rows, lambda r: r["chi"]),
-                    _range_str(rows, metrics.first_over_last, ".2e"),
-                    _diverged(rows),
-                    _acc_str(rows),
+                    label,
+                    _chosen(t),
+                    _range_str(t.rows, lambda r: r["chi"]),
+                    metrics.group_verdict(t.rows),
+                    _diverged(t.rows),
+                    trains(t.rows),
+                    _acc_str(t.rows),
                 ]
             )
-        ratio = median(plain, metrics.first_over_last)
-        # Exploding: the sweep's verdict (which also reads an overflowed signal as exploding), or a
-        # measured gradient ratio first/last > 10.
-        if metrics.group_verdict(plain) == "exploding" or (ratio is not None and ratio > 10):
-            exploding.append(name)
-            n_div = sum(bool(r["diverged"]) for r in plain)
-            if n_div or acc(plain)[0] < ref_acc - STALL_GAP:
-                destabilised.append(name)
-            clip_effect.append(
-                f"{name}: clipping changed divergence {_diverged(plain)} -> {_diverged(clipped)} and accuracy "
-                f"{100 * acc(plain)[0]:.0f}% -> {100 * acc(clipped)[0]:.0f}%"
-            )
-    # Rule: supported when some configuration explodes at init (verdict exploding or first/last > 10) and
-    # then diverges or trains >= 10 points worse than the stable reference; refuted when none explodes.
-    if destabilised:
-        verdict = SUPPORTED
-        because = f"gradients explode in {', '.join(exploding)} and training is destabilised in {', '.join(destabilised)}"
-    elif exploding:
-        verdict, because = "depends on the configuration", f"gradients explode in {', '.join(exploding)} but training survives"
-    else:
-        verdict, because = REFUTED, "no configuration tried made gradients explode"
-    if clip_effect:
-        because += ". " + "; ".join(clip_effect)
+        every_rate = all(r["diverged"] for r in plain.all_rows)
+        exploding = metrics.group_verdict(plain.rows) == "exploding"
+        cases[name] = (exploding, compare(plain.rows, ref.rows), every_rate, compare(clipped.rows, plain.rows))
+        groups["tuned"][f"{name}"] = plain.rows
+        groups.setdefault("clipping tuned", {})[f"{name}"] = clipped.rows
+    verdict, because = rule_c2(cases)
     return Claim(
         "C2",
         "Gradients can also explode and destabilise training.",
-        "Do per-layer gradients grow toward the input, does training then diverge or degrade, and what does clipping do?",
-        f"MLPs of depth {cfg.deep}, width {cfg.width}: ReLU with weight_var 3 (chi_1 = 1.5, past the He point 2) and "
-        f"ReLU with batchnorm (explodes at init, Yang et al. 2019), each without and with global-norm clipping at "
-        f"{cfg.clip_norm:g}; SGD lr {cfg.learning_rate:g}, {cfg.steps} steps, {cfg.seeds} seeds; He-init ReLU as the reference.",
-        _table(["net", "clipping", "chi", "grad first/last", "diverged", "test acc"], lines),
+        "Do per-layer gradients grow toward the input, does tuned training then diverge or degrade, and does tuned "
+        "clipping help?",
+        f"MLPs of depth {cfg.deep}, width {cfg.width}: ReLU with weight_var 3 (chi_1 = 1.5) and ReLU with batchnorm "
+        f"(explodes at init, Yang et al. 2019), each tuned over SGD learning rates {list(cfg.learning_rates)}, and over "
+        f"the same rates x global-norm clipping {list(cfg.clip_norms)}; {cfg.steps} steps, {cfg.seeds} seeds; He-init "
+        "ReLU (tuned) as the reference.",
+        _table(["net", "chosen", "chi", "verdict", "diverged", "training", "test acc"], lines),
         verdict,
         because,
-        figure_series={
-            "kind": "layers",
-            "ylabel": "log10 ||dL/dh_l|| at init (median over seeds)",
-            "series": {
-                "relu He": _median_profile(ref, "signal_norms_init"),
-                **{n: _median_profile(runs.get(**o), "signal_norms_init") for n, o in cases.items()},
-            },
-        },
+        rule="destabilised = explodes at init (verdict exploding) and diverges at every rate or trains significantly worse "
+        "than the tuned reference (Welch 95%); supported when some net is, refuted when nets explode but none is",
+        figure_series=_bars(groups, "test accuracy (mean, 95% interval)", runs.chance),
     )
+
+
+def rule_c3(cases: dict[tuple[str, int, str], tuple[str, stats.Difference]]) -> tuple[str, str]:
+    """cases: (activation, depth, norm) -> (the plain net's trainability, norm - plain test accuracy).
+
+    Where the plain net does not train, a norm rescues it when it adds significantly. Supported: some plain net
+    fails and both norms rescue every one, hurting nowhere; refuted: plain nets fail and no norm rescues any;
+    not tested: every plain net trains; else depends.
+    """
+    failing = sorted({(a, d) for (a, d, _), (tr, _) in cases.items() if tr != "trains"})
+    rescues = [k for k, (tr, d) in cases.items() if tr != "trains" and _significant(d, +1)]
+    hurts = [k for k, (_, d) in cases.items() if _significant(d, -1)]
+    words = [
+        f"{n} {'rescues' if k in rescues else 'does not rescue'} {a} at depth {dp} ({d.words()})"
+        for k, (tr, d) in cases.items()
+        if tr != "trains"
+        for a, dp, n in [k]
+    ]
+    words += [f"{n} hurts {a} at depth {dp} ({cases[k][1].words()})" for k in hurts for a, dp, n in [k]]
+    because = "; ".join(words) or "every plain net trained"
+    if not failing:
+        return "not tested", because
+    if len(rescues) == sum(1 for k, (tr, _) in cases.items() if tr != "trains") and not hurts:
+        return SUPPORTED, because
+    if not rescues:
+        return REFUTED, because
+    return "depends on the norm and the activation", because
 
 
 def c3_normalization(runs: Runs) -> Claim:
     cfg = runs.cfg
     acts = ("sigmoid", "tanh", "relu")
-    lines, rescues, fails, explodes = [], [], [], []
-    accs: dict[str, dict[str, float]] = {}
-    for act in acts:
-        base = runs.get(activation=act, depth=cfg.deep)
-        for norm in ("none", "batchnorm", "layernorm"):
-            rows = base if norm == "none" else runs.get(activation=act, norm=norm, depth=cfg.deep)
-            chi0 = median(rows, lambda r: r["chi"])
-            lines.append(
-                [
-                    act,
-                    norm,
-                    _range_str(rows, lambda r: r["chi"]),
-                    _fmt(median(rows, lambda r: r.get("chi_theory"))),
-                    _range_str(rows, chi_final),
-                    _acc_str(rows),
-                ]
-            )
-            accs.setdefault(norm, {})[act] = acc(rows)[0]
-            if norm == "none":
-                continue
-            gain = acc(rows)[0] - acc(base)[0]
-            base_bad = acc(base)[0] < 1.5 * runs.chance
-            if base_bad and gain > STALL_GAP:
-                rescues.append(f"{norm} rescues {act} ({100 * acc(base)[0]:.0f}% -> {100 * acc(rows)[0]:.0f}%)")
-            elif base_bad:
-                fails.append(f"{norm} does not rescue {act} (chi {_fmt(chi0, '.2f')}, {100 * acc(rows)[0]:.0f}%)")
-            if metrics.group_verdict(rows) == "exploding":
-                explodes.append(f"{norm} + {act} explodes at init (chi {_fmt(chi0, '.2f')})")
-    # Rule: supported when each norm rescues every activation that fails without it and none makes
-    # gradients explode at init; refuted when neither rescues anything; otherwise it depends.
-    if not rescues and not fails:
-        verdict = "not tested"
-    elif rescues and not fails and not explodes:
-        verdict = SUPPORTED
-    elif not rescues:
-        verdict = REFUTED
-    else:
-        verdict = "depends on the norm and the activation"
-    because = "; ".join(rescues + fails + explodes) or "no configuration failed without a norm"
+    depths = (cfg.deep // 2, cfg.deep)
+    lines, cases, groups = [], {}, {}
+    for depth in depths:
+        for act in acts:
+            plain = runs.tuned(activation=act, depth=depth)
+            for norm in ("none", "batchnorm", "layernorm"):
+                t = plain if norm == "none" else runs.tuned(activation=act, norm=norm, depth=depth)
+                lines.append(
+                    [
+                        str(depth),
+                        act,
+                        norm,
+                        _chosen(t),
+                        _range_str(t.rows, lambda r: r["chi"]),
+                        metrics.group_verdict(t.rows),
+                        _range_str(t.rows, chi_final),
+                        trains(t.rows),
+                        _acc_str(t.rows),
+                    ]
+                )
+                if depth == cfg.deep:
+                    groups.setdefault(norm, {})[act] = t.rows
+                if norm != "none":
+                    cases[(act, depth, norm)] = (trains(plain.rows), compare(t.rows, plain.rows))
+    verdict, because = rule_c3(cases)
     return Claim(
         "C3",
         "LayerNorm / BatchNorm stabilise training and prevent gradient decay.",
-        "With and without each norm: the gradient factor chi at init and after training, and the accuracy.",
-        f"MLPs of depth {cfg.deep}, width {cfg.width}, sigmoid/tanh/relu x none/batchnorm/layernorm, SGD lr "
-        f"{cfg.learning_rate:g}, {cfg.steps} steps, {cfg.seeds} seeds. chi theory: mean field (decay/theory.py); "
-        "chi after training: the same fit on the last step's backprop signal.",
-        _table(["activation", "norm", "chi at init", "chi theory", "chi after training", "test acc"], lines),
+        "With and without each norm, each tuned: the gradient factor chi at init and after training, and training.",
+        f"MLPs of depths {list(depths)}, width {cfg.width}, sigmoid/tanh/relu x none/batchnorm/layernorm, each tuned over "
+        f"SGD learning rates {list(cfg.learning_rates)}, {cfg.steps} steps, {cfg.seeds} seeds. chi after training: the "
+        "same fit on the last step's backprop signal.",
+        _table(
+            ["depth", "activation", "norm", "chosen", "chi at init", "verdict", "chi after training", "training", "test acc"],
+            lines,
+        ),
         verdict,
         because,
-        figure_series={"kind": "bars", "ylabel": f"test accuracy at depth {cfg.deep}", "groups": accs, "chance": runs.chance},
+        rule="where the tuned plain net does not train (final training loss >= half of chance), a norm rescues it when it "
+        "adds significantly (Welch 95%); supported when both norms rescue every such net and hurt none, refuted when "
+        "none is rescued",
+        figure_series=_bars(groups, f"test accuracy at depth {cfg.deep} (mean, 95% interval)", runs.chance),
     )
+
+
+def rule_c4(cases: dict[str, tuple[stats.Difference, int, stats.Difference]]) -> tuple[str, str]:
+    """cases: activation -> (residual - plain at the deep depth, best plain depth, best plain depth - depth 2).
+
+    Skips help an activation when they add significantly; adding layers helps when a deeper plain net beats
+    depth 2 significantly. Supported: both help for some activation; refuted: neither helps anywhere; else depends.
+    """
+    skips = [a for a, (d, _, _) in cases.items() if _significant(d, +1)]
+    layers = [a for a, (_, best, g) in cases.items() if best > 2 and _significant(g, +1)]
+    because = "; ".join(
+        f"{a}: skip connections {d.words()} at equal depth, best plain depth {best} ({g.words()} over depth 2)"
+        for a, (d, best, g) in cases.items()
+    )
+    if skips and layers:
+        return SUPPORTED, because
+    if not skips and not layers:
+        return REFUTED, because
+    verdict = "depends on the restructuring: skip connections " + ("help" if skips else "do not help")
+    return verdict + ", adding layers " + ("helps" if layers else "does not"), because
 
 
 def c4_restructuring(runs: Runs) -> Claim:
     cfg = runs.cfg
     alpha = 1.0 / math.sqrt(cfg.deep)
     acts = ("sigmoid", "tanh", "relu")
-    depths = sorted({2, cfg.shallow, cfg.deep // 2, cfg.deep, 2 * cfg.deep})
-    lines, skip_helps, deeper = [], {}, {}
-    curves: dict[str, dict[str, float]] = {}
+    depths = sorted({2, cfg.shallow, cfg.deep // 2, cfg.deep})
+    lines, cases, curves, points = [], {}, {}, {}
     for act in acts:
-        plain = runs.get(activation=act, depth=cfg.deep)
-        res = runs.get(activation=act, depth=cfg.deep, residual=True, residual_scale=alpha)
-        lines.append([act, f"plain, depth {cfg.deep}", _range_str(plain, lambda r: r["chi"]), _acc_str(plain)])
-        lines.append([act, f"residual alpha={alpha:.3g}, depth {cfg.deep}", _range_str(res, lambda r: r["chi"]), _acc_str(res)])
-        skip_helps[act] = acc(res)[0] - acc(plain)[0]
-        by_depth = {d: acc(runs.get(activation=act, depth=d))[0] for d in depths}
-        curves[act] = {str(d): a for d, a in by_depth.items()}
-        best = max(by_depth, key=lambda d: (by_depth[d], -d))
-        deeper[act] = best
-        lines.append([act, "plain, accuracy by depth", "-", ", ".join(f"{d}: {100 * a:.0f}%" for d, a in by_depth.items())])
-    helped = [a for a in acts if skip_helps[a] > 0.05]
-    # Rule: skips help an activation when they add > 5 points at equal depth; "adding layers helps"
-    # holds for an activation when its best plain depth is the deepest one tried.
-    adding_helps = [a for a in acts if deeper[a] == depths[-1]]
-    parts = [
-        "skip connections add "
-        + ", ".join(f"{round(100 * skip_helps[a]):+d} points ({a})" for a in acts)
-        + f" at depth {cfg.deep}",
-        "adding layers: best plain depth " + ", ".join(f"{deeper[a]} ({a})" for a in acts) + f" of {depths}",
-    ]
-    if helped and adding_helps:
-        verdict = SUPPORTED
-    elif not helped and not adding_helps:
-        verdict = REFUTED
-    else:
-        verdict = "depends on the restructuring: " + ("skip connections help" if helped else "skip connections do not help")
-        verdict += ", adding layers " + ("helps" if adding_helps else "does not")
+        plain = {d: runs.tuned(activation=act, depth=d) for d in depths}
+        res = runs.tuned(activation=act, depth=cfg.deep, residual=True, residual_scale=alpha)
+        deep = plain[cfg.deep]
+        lines.append(
+            [act, f"plain, depth {cfg.deep}", _chosen(deep), _range_str(deep.rows, lambda r: r["chi"]), _acc_str(deep.rows)]
+        )
+        lines.append(
+            [
+                act,
+                f"residual alpha={alpha:.3g}, depth {cfg.deep}",
+                _chosen(res),
+                _range_str(res.rows, lambda r: r["chi"]),
+                _acc_str(res.rows),
+            ]
+        )
+        best = max(depths, key=lambda d: (stats.mean_std_ci([r["val_accuracy"] or 0.0 for r in plain[d].rows]).mean, -d))
+        lines.append([act, "plain, by depth", "-", "-", ", ".join(f"{d}: {100 * acc(plain[d].rows).mean:.1f}%" for d in depths)])
+        cases[act] = (compare(res.rows, deep.rows), best, compare(plain[best].rows, plain[2].rows))
+        curves[act] = {str(d): acc(plain[d].rows).mean for d in depths}
+        points[act] = (cfg.deep, acc(res.rows).mean, f"residual alpha={alpha:.3g}")
+    verdict, because = rule_c4(cases)
     return Claim(
         "C4",
         "Restructuring the network (e.g. skip connections; 'adding layers') helps.",
-        "Residual against plain at equal depth; deeper against shallower plain nets.",
+        "Residual against plain at equal depth; deeper against shallower plain nets; every net tuned.",
         f"MLPs, width {cfg.width}; residual blocks x + alpha f(x) with alpha = 1/sqrt(depth) = {alpha:.3g}; plain nets "
-        f"at depths {depths}; SGD lr {cfg.learning_rate:g}, {cfg.steps} steps, {cfg.seeds} seeds.",
-        _table(["activation", "net", "chi", "test acc"], lines),
+        f"at depths {depths}; each tuned over SGD learning rates {list(cfg.learning_rates)}, {cfg.steps} steps, "
+        f"{cfg.seeds} seeds. The best plain depth is chosen on validation.",
+        _table(["activation", "net", "chosen", "chi", "test acc"], lines),
         verdict,
-        "; ".join(parts),
+        because,
+        rule="skips help when residual beats plain at equal depth significantly (Welch 95%); adding layers helps when the "
+        "best plain depth (chosen on validation) beats depth 2 significantly",
         figure_series={
             "kind": "curves",
             "ylabel": "test accuracy (lines: plain nets; stars: residual)",
             "xlabel": "depth",
             "curves": curves,
-            "points": {a: (cfg.deep, curves[a][str(cfg.deep)] + skip_helps[a], f"residual alpha={alpha:.3g}") for a in acts},
+            "points": points,
         },
     )
+
+
+def rule_c5(vs: dict[str, stats.Difference]) -> tuple[str, str]:
+    """vs: other activation -> tuned ReLU (He) - tuned other test accuracy at the deep depth.
+
+    Supported: ReLU significantly better than every other; refuted: significantly worse than any; else no difference.
+    """
+    because = "; ".join(f"ReLU vs {a}: {d.words()}" for a, d in vs.items())
+    if any(_significant(d, -1) for d in vs.values()):
+        return REFUTED, because
+    if all(_significant(d, +1) for d in vs.values()):
+        return SUPPORTED, because
+    return "no difference", because
 
 
 def c5_relu(runs: Runs) -> Claim:
@@ -445,112 +610,133 @@ def c5_relu(runs: Runs) -> Claim:
         "tanh, LeCun init": dict(activation="tanh"),
         "sigmoid, LeCun init": dict(activation="sigmoid"),
     }
-    lines, verdicts, accs = [], {}, {}
-    for name, over in cases.items():
-        rows = runs.get(depth=cfg.deep, **over)
-        verdicts[name] = metrics.group_verdict(rows)
-        accs[name] = acc(rows)[0]
-        lines.append(
-            [
-                name,
-                _range_str(rows, lambda r: r["chi"]),
-                _fmt(median(rows, lambda r: r.get("chi_theory"))),
-                verdicts[name],
-                _range_str(rows, metrics.first_over_last, ".2e"),
-                _acc_str(rows),
-            ]
-        )
-    he, lecun = verdicts["relu, He init"], verdicts["relu, LeCun init"]
-    beats = accs["relu, He init"] > max(accs["tanh, LeCun init"], accs["sigmoid, LeCun init"]) + 0.02
-    # Rule: supported when ReLU keeps a stable gradient with both inits and beats tanh and sigmoid in
-    # accuracy; depends on the init when only He keeps it stable; refuted when ReLU is not stable with He.
-    if he == "stable" and lecun == "stable" and beats:
-        verdict = SUPPORTED
-    elif he == "stable" and lecun != "stable":
-        verdict = "depends on the initialization"
-    else:
-        verdict = REFUTED
-    because = (
-        f"gradient verdict at depth {cfg.deep}: He {he}, LeCun {lecun}; test accuracy ReLU/He {100 * accs['relu, He init']:.0f}% "
-        f"vs tanh {100 * accs['tanh, LeCun init']:.0f}% and sigmoid {100 * accs['sigmoid, LeCun init']:.0f}%"
+    tuned = {n: runs.tuned(depth=cfg.deep, **o) for n, o in cases.items()}
+    lines = [
+        [
+            n,
+            _chosen(t),
+            _range_str(t.rows, lambda r: r["chi"]),
+            _fmt(median(t.rows, lambda r: r.get("chi_theory"))),
+            metrics.group_verdict(t.rows),
+            trains(t.rows),
+            _acc_str(t.rows),
+        ]
+        for n, t in tuned.items()
+    ]
+    relu = tuned["relu, He init"].rows
+    verdict, because = rule_c5(
+        {"tanh": compare(relu, tuned["tanh, LeCun init"].rows), "sigmoid": compare(relu, tuned["sigmoid, LeCun init"].rows)}
     )
+    he, lecun = metrics.group_verdict(relu), metrics.group_verdict(tuned["relu, LeCun init"].rows)
+    because += f"; ReLU's gradient at init is {he} with He init and {lecun} with LeCun init"
+    if he == "stable" and lecun != "stable":
+        because += ": the init, not the activation, keeps it stable"
     return Claim(
         "C5",
         "ReLU is more robust than sigmoid/tanh.",
-        "Activation x initialization: is ReLU's gradient stable on its own, or only with He-scaled weights?",
+        "At equal depth, each tuned: does ReLU train better, and is its gradient stable on its own or only with He init?",
         f"Plain MLPs of depth {cfg.deep}, width {cfg.width}; ReLU with He (weight_var 2) and LeCun (weight_var 1) init, "
-        f"tanh and sigmoid with LeCun; SGD lr {cfg.learning_rate:g}, {cfg.steps} steps, {cfg.seeds} seeds.",
-        _table(["net", "chi", "chi theory", "verdict", "grad first/last", "test acc"], lines),
+        f"tanh and sigmoid with LeCun; each tuned over SGD learning rates {list(cfg.learning_rates)}, {cfg.steps} steps, "
+        f"{cfg.seeds} seeds.",
+        _table(["net", "chosen", "chi", "chi theory", "verdict", "training", "test acc"], lines),
         verdict,
         because,
-        figure_series={
-            "kind": "layers",
-            "ylabel": "log10 ||dL/dh_l|| at init (median over seeds)",
-            "series": {n: _median_profile(runs.get(depth=cfg.deep, **o), "signal_norms_init") for n, o in cases.items()},
-        },
+        rule="supported when tuned ReLU (He) beats both tuned tanh and sigmoid significantly (Welch 95%), refuted when it "
+        "is significantly worse than either, else no difference",
+        figure_series=_bars({"tuned": {n: t.rows for n, t in tuned.items()}}, "test accuracy (mean, 95% interval)", runs.chance),
     )
+
+
+def rule_c6(cases: dict[str, tuple[str, stats.Difference]]) -> tuple[str, str]:
+    """cases: net -> (tuned SGD's trainability, tuned Adam - tuned SGD test accuracy).
+
+    Among the nets where tuned SGD does not train, supported when Adam adds significantly on all, refuted when
+    on none, else depends; not tested when SGD trains every net.
+    """
+    stalled = [n for n, (tr, _) in cases.items() if tr != "trains"]
+    helped = [n for n in stalled if _significant(cases[n][1], +1)]
+    because = "; ".join(f"{n}: SGD {tr}, Adam vs SGD {d.words()}" for n, (tr, d) in cases.items())
+    if not stalled:
+        return "not tested", because + "; tuned SGD trained every net"
+    if len(helped) == len(stalled):
+        return SUPPORTED, because
+    if not helped:
+        return REFUTED, because
+    return "depends on the net", because
 
 
 def c6_adam(runs: Runs) -> Claim:
     cfg = runs.cfg
-    candidates = {
+    nets = {
+        f"sigmoid, depth {cfg.deep // 2}": dict(activation="sigmoid", depth=cfg.deep // 2),
         f"sigmoid, depth {cfg.deep}": dict(activation="sigmoid", depth=cfg.deep),
-        f"sigmoid + layernorm, depth {cfg.deep}": dict(activation="sigmoid", norm="layernorm", depth=cfg.deep),
-        f"relu, depth {2 * cfg.deep}": dict(activation="relu", depth=2 * cfg.deep),
-        f"tanh, depth {2 * cfg.deep}": dict(activation="tanh", depth=2 * cfg.deep),
+        f"relu LeCun init, depth {cfg.deep}": dict(activation="relu", init="lecun_normal", depth=cfg.deep),
     }
-    lines, stalled, helped, hurt = [], [], [], []
-    # The best SGD accuracy of the claims' nets on this dataset: what "training works" means here.
-    best = max(acc(runs.get(activation=a, depth=d))[0] for a in ("tanh", "relu") for d in (cfg.shallow, cfg.deep))
-    accs: dict[str, dict[str, float]] = {}
-    for name, over in candidates.items():
-        sgd = runs.get(**over)
-        adam = runs.get(**over, optimizer="adam", learning_rate=cfg.adam_learning_rate)
-        lines.append(
-            [
-                name,
-                _acc_str(sgd),
-                _acc_str(adam),
-                _range_str(sgd, first_layer_update, ".2e"),
-                _range_str(adam, first_layer_update, ".2e"),
-            ]
-        )
-        accs.setdefault("SGD", {})[name] = acc(sgd)[0]
-        accs.setdefault("Adam", {})[name] = acc(adam)[0]
-        if acc(adam)[0] < acc(sgd)[0] - STALL_GAP:
-            hurt.append(f"{name} ({100 * acc(sgd)[0]:.0f}% -> {100 * acc(adam)[0]:.0f}%)")
-        if acc(sgd)[0] < 0.5 * best:  # SGD stalls: below half the accuracy of the best net
-            stalled.append(name)
-            if acc(adam)[0] - acc(sgd)[0] > STALL_GAP:
-                helped.append(name)
-    # Rule: among the nets where SGD stalls (< half the best SGD net's accuracy), supported when Adam adds > 10
-    # points on all, refuted when on none, otherwise it depends on the net.
-    if not stalled:
-        verdict, because = "not tested", "SGD stalled on none of the nets tried"
-    elif len(helped) == len(stalled):
-        verdict, because = SUPPORTED, f"SGD stalls on {', '.join(stalled)}; Adam trains all of them"
-    elif not helped:
-        verdict, because = REFUTED, f"SGD stalls on {', '.join(stalled)}; Adam rescues none"
-    else:
-        rest = [s for s in stalled if s not in helped]
-        verdict = "depends on the net"
-        because = f"Adam rescues {', '.join(helped)} but not {', '.join(rest)}"
-    if hurt:
-        because += f"; where SGD trained, Adam at lr {cfg.adam_learning_rate:g} did worse on {', '.join(hurt)}"
+    lines, cases, groups = [], {}, {}
+    for name, over in nets.items():
+        sgd = runs.tuned(**over)
+        adam = runs.tuned({"learning_rate": cfg.adam_learning_rates, "adam_eps": cfg.adam_eps}, optimizer="adam", **over)
+        for opt, t in (("SGD", sgd), ("Adam", adam)):
+            lines.append(
+                [
+                    name,
+                    opt,
+                    _chosen(t),
+                    _range_str(t.rows, first_layer_grad, ".1e"),
+                    _range_str(t.rows, first_layer_update, ".2e"),
+                    trains(t.rows),
+                    _acc_str(t.rows),
+                ]
+            )
+            groups.setdefault(opt, {})[name] = t.rows
+        cases[name] = (trains(sgd.rows), compare(adam.rows, sgd.rows))
+    verdict, because = rule_c6(cases)
     return Claim(
         "C6",
         "Adam copes better with small gradients than SGD.",
-        "On the deep nets where SGD stalls, does Adam train, and does it move the first layers?",
-        f"SGD (lr {cfg.learning_rate:g}) against Adam (lr {cfg.adam_learning_rate:g}), {cfg.steps} steps, {cfg.seeds} seeds, "
-        f"width {cfg.width}. First-layer update = the first layer's relative update over the last layer's at the last "
-        "step: Adam's per-parameter scaling makes it ~1 even where the gradient vanished.",
+        "On deep nets whose gradient vanishes toward the input (but is not 0), does tuned Adam train where tuned SGD does not?",
+        f"SGD tuned over learning rates {list(cfg.learning_rates)} against Adam tuned over learning rates "
+        f"{list(cfg.adam_learning_rates)} x epsilon {list(cfg.adam_eps)}, {cfg.steps} steps, {cfg.seeds} seeds, width "
+        f"{cfg.width}. Where |g| << epsilon Adam's update is lr g / epsilon, so epsilon is tuned too. First-layer "
+        "gradient = ||dL/dW_0|| at init; first-layer update = its relative update over the last layer's at the last step.",
         _table(
-            ["net", "SGD test acc", "Adam test acc", "SGD first-layer update / last", "Adam first-layer update / last"], lines
+            ["net", "optimizer", "chosen", "first-layer gradient", "first-layer update / last", "training", "test acc"], lines
         ),
         verdict,
         because,
-        figure_series={"kind": "bars", "ylabel": "test accuracy", "groups": accs, "chance": runs.chance},
+        rule="among the nets where tuned SGD does not train, supported when tuned Adam adds significantly (Welch 95%) on "
+        "all, refuted when on none",
+        figure_series=_bars(groups, "test accuracy (mean, 95% interval)", runs.chance),
     )
+
+
+def largest_stable_rate(rows: Sequence[Row]) -> float | None:
+    """The largest learning rate at which no seed diverged and most seeds train; None when there is none."""
+    by_lr: dict[float, list[Row]] = {}
+    for r in rows:
+        by_lr.setdefault(r["learning_rate"], []).append(r)
+    ok = [lr for lr, rs in by_lr.items() if not any(r["diverged"] for r in rs) and trains(rs) == "trains"]
+    return max(ok) if ok else None
+
+
+def rule_c7(stable_bn: float | None, stable_plain: float | None, best: stats.Difference) -> tuple[str, str]:
+    """The largest stable learning rate with and without batchnorm, and tuned batchnorm - tuned plain test accuracy.
+
+    Supported: batchnorm tolerates a larger rate or trains significantly better, and neither the opposite;
+    refuted: the opposite; depends when they point both ways; else no difference.
+    """
+    b, p = stable_bn or 0.0, stable_plain or 0.0
+    pro = b > p or _significant(best, +1)
+    con = b < p or _significant(best, -1)
+    because = (
+        f"largest stable learning rate {_fmt(stable_bn, 'g')} with batchnorm vs {_fmt(stable_plain, 'g')} without; "
+        f"tuned batchnorm vs plain {best.words()}"
+    )
+    if pro and not con:
+        return SUPPORTED, because
+    if con and not pro:
+        return REFUTED, because
+    return ("depends on what stability means" if pro else "no difference"), because
 
 
 def c7_seed_net(runs: Runs) -> Claim:
@@ -560,98 +746,136 @@ def c7_seed_net(runs: Runs) -> Claim:
         depth=1,
         width=6,
         activation="relu",
-        learning_rate=0.01,
         steps=cfg.seed_net_steps,
-        eval_every=cfg.seed_net_steps,
+        eval_every=max(cfg.seed_net_steps // 3, 1),
     )
-    rows = {norm: runs.get(seeds=cfg.seed_net_seeds, norm=norm, **over) for norm in ("none", "batchnorm")}
-    lines, stats = [], {}
-    for norm, rs in rows.items():
-        final = _vals(rs, lambda r: r["final_loss"])
-        wiggle = _vals(rs, _loss_wiggle)
-        stats[norm] = (acc(rs)[0], float(np.mean(final)) if final else math.inf, float(np.mean(wiggle)) if wiggle else math.inf)
+    tuned = {n: runs.tuned({"learning_rate": cfg.seed_net_learning_rates}, norm=n, **over) for n in ("none", "batchnorm")}
+    lines = []
+    for norm, t in tuned.items():
+        by_lr = {lr: [r for r in t.all_rows if r["learning_rate"] == lr] for lr in cfg.seed_net_learning_rates}
         lines.append(
             [
                 norm,
-                _acc_str(rs),
-                f"{np.mean(final):.3f} ± {np.std(final):.3f}" if final else "-",
-                f"{np.mean(wiggle):.3f}" if wiggle else "-",
-                _range_str(rs, lambda r: r["grad_norms_init"][0], ".3g"),
-                _diverged(rs),
+                _fmt(largest_stable_rate(t.all_rows), "g"),
+                _chosen(t),
+                ", ".join(f"{lr:g}: {_diverged(rs)} diverged, {trains(rs)}" for lr, rs in by_lr.items()),
+                _range_str(t.rows, lambda r: r["loss_history"] and _loss_wiggle(r), ".3f"),
+                _acc_str(t.rows),
             ]
         )
-    bn, plain = stats["batchnorm"], stats["none"]
-    # Rule: supported when batchnorm makes the loss curve >= 20% less wiggly, or gives >= 2 points
-    # more accuracy and a lower final loss; refuted when it gives >= 2 points less accuracy without a
-    # calmer loss curve; otherwise no clear difference.
-    calmer = bn[2] <= 0.8 * plain[2]
-    if calmer or (bn[0] >= plain[0] + 0.02 and bn[1] < plain[1]):
-        verdict = SUPPORTED
-    elif bn[0] <= plain[0] - 0.02:
-        verdict = REFUTED
-    else:
-        verdict = "no clear difference"
-    because = (
-        f"batchnorm {100 * bn[0]:.1f}% vs {100 * plain[0]:.1f}% test accuracy, final loss {bn[1]:.3f} vs {plain[1]:.3f}, "
-        f"loss wiggle {bn[2]:.3f} vs {plain[2]:.3f}; with one hidden layer there is no depth for a gradient to decay over"
+    verdict, because = rule_c7(
+        largest_stable_rate(tuned["batchnorm"].all_rows),
+        largest_stable_rate(tuned["none"].all_rows),
+        compare(tuned["batchnorm"].rows, tuned["none"].rows),
     )
+    because += "; with one hidden layer there is no depth for a gradient to decay over"
     return Claim(
         "C7",
         "Adding BatchNorm to the example conv net stabilises training.",
-        "The seed's net (Conv 3x3, 6 channels -> [BatchNorm] -> ReLU -> Linear), SGD lr 0.01: with and without BatchNorm.",
-        f"`--model=seed_cnn` on {cfg.dataset} (flatten size computed from the input), {cfg.seed_net_steps} steps, "
-        f"batch 128, {cfg.seed_net_seeds} seeds. Loss wiggle = std of the step-to-step change of the logged training loss "
-        "over the second half of training.",
-        _table(["norm", "test acc", "final train loss", "loss wiggle", "conv grad norm at init", "diverged"], lines),
+        "The seed's net (Conv 3x3, 6 channels -> [BatchNorm] -> ReLU -> Linear) over a range of SGD learning rates: "
+        "which rates does each survive, and which trains better when each is tuned?",
+        f"`--model=seed_cnn` on {cfg.dataset}, learning rates {list(cfg.seed_net_learning_rates)}, {cfg.seed_net_steps} "
+        f"steps, batch 128, {cfg.seeds} seeds. Stable rate: no seed diverged and the final training loss is under half "
+        "of chance. Loss wiggle = std of the step-to-step change of the logged training loss over the second half.",
+        _table(["norm", "largest stable rate", "chosen", "per rate", "loss wiggle", "test acc"], lines),
         verdict,
         because,
-        figure_series={"kind": "losses", "runs": {n: [r["loss_history"] for r in rs] for n, rs in rows.items()}},
+        rule="supported when batchnorm tolerates a larger learning rate or trains significantly better when both are tuned "
+        "(Welch 95%), and not the opposite; refuted when the opposite",
+        figure_series={
+            "kind": "losses",
+            "runs": {f"{n} (lr {t.choice['learning_rate']:g})": [r["loss_history"] for r in t.rows] for n, t in tuned.items()},
+        },
     )
+
+
+def rule_c8(chis: dict[float, float | None], weight_change: float | None, chi_change: float | None) -> tuple[str, str]:
+    """chis: weight_var -> median chi at init; weight_change: median ||W|| end / init of ordinary training;
+    chi_change: median chi after training / at init.
+
+    The weights' scale controls decay when chi rises with weight_var (monotone, max/min > 1.5). Training makes
+    weights small when they shrink by > 10%. Supported: both; refuted: the scale does not control decay, or training
+    does not shrink the weights while the gradient still decays (then something else is the cause); else depends.
+    """
+    ws = sorted(w for w, c in chis.items() if c is not None)
+    vals = [chis[w] for w in ws]
+    controls = len(vals) >= 2 and all(b > a for a, b in zip(vals, vals[1:], strict=False)) and vals[-1] / vals[0] > 1.5
+    shrinks = weight_change is not None and weight_change < 0.9
+    because = (
+        "chi at init by weight_var: "
+        + ", ".join(f"{w:g}: {chis[w]:.3g}" for w in ws)
+        + f" ({'the scale controls decay' if controls else 'no monotone control'}); ordinary training changes ||W|| by "
+        f"x{_fmt(weight_change, '.3f')} and chi by x{_fmt(chi_change, '.3f')}"
+    )
+    if not controls:
+        return REFUTED, because
+    if shrinks:
+        return SUPPORTED, because
+    return "depends: small weights do cause decay, but training does not make them small", because
 
 
 def c8_small_weights(runs: Runs) -> Claim:
     cfg = runs.cfg
-    lines, decaying, small = [], [], []
-    series = {}
-    for act in ("sigmoid", "tanh"):
-        rows = runs.get(activation=act, depth=cfg.deep)
-        w_spread = median(rows, lambda r: _spread(r["weight_norms_init"][1:]))
-        g_spread = median(rows, lambda r: _spread(r["grad_norms_init"][1:]))
-        w_change = median(rows, lambda r: _mean_ratio(r["weight_norms_final"], r["weight_norms_init"]))
-        lines.append([act, _fmt(w_spread), _fmt(g_spread, ".2e"), _fmt(w_change, ".3f"), _acc_str(rows)])
-        if g_spread is not None and g_spread > 100:  # the gradient decays by more than 100x across the hidden layers
-            decaying.append(act)
-            if (w_spread is not None and w_spread >= 2) or (w_change is not None and w_change < 0.5):
-                small.append(act)
-        series[f"{act}: ||W_l||"] = _median_profile(rows, "weight_norms_init")
-        series[f"{act}: ||dL/dW_l||"] = _median_profile(rows, "grad_norms_init")
-    # Rule: among nets whose kernel gradients differ by > 100x across hidden layers, the claim is
-    # refuted when none has weights that differ by >= 2x across layers or shrank by half in training,
-    # supported when all have, and depends otherwise.
-    if not decaying:
-        verdict, because = "not tested", "no net tried had a decaying gradient"
-    elif not small:
-        verdict = REFUTED
-        because = (
-            f"in {', '.join(decaying)} the kernel gradients span orders of magnitude across layers while the weight norms "
-            "are equal across layers and stay at their initial size: the gradient shrinks through the activation's "
-            "derivative (sigmoid' <= 1/4), not because weights are small"
+    lines, series = [], {}
+    chis = {}
+    for wv in cfg.weight_vars:  # at initialization only: the scale's effect, separate from training
+        rows = runs.get(activation="tanh", depth=cfg.deep, weight_var=wv, steps=0, eval_every=1)
+        chis[wv] = median(rows, lambda r: r["chi"])
+        lines.append(
+            [
+                f"tanh, weight_var {wv:g}",
+                "init only",
+                _range_str(rows, lambda r: r["chi"]),
+                metrics.group_verdict(rows),
+                "-",
+                "-",
+                "-",
+            ]
         )
-    elif len(small) == len(decaying):
-        verdict, because = SUPPORTED, f"where gradients decay ({', '.join(decaying)}) the weights are small or shrank"
-    else:
-        verdict, because = "depends on the activation", f"small weights go with decay in {', '.join(small)} only"
+        series[f"weight_var {wv:g}: ||dL/dW_l||"] = _median_profile(rows, "grad_norms_init")
+    trained = runs.tuned(activation="tanh", depth=cfg.deep)
+    w_change = median(trained.rows, lambda r: _mean_ratio(r["weight_norms_final"], r["weight_norms_init"]))
+    c_change = median(trained.rows, lambda r: (chi_final(r) or math.nan) / r["chi"] if r["chi"] else None)
+    lines.append(
+        [
+            "tanh, LeCun init, trained",
+            _chosen(trained),
+            _range_str(trained.rows, lambda r: r["chi"]),
+            metrics.group_verdict(trained.rows),
+            _range_str(trained.rows, chi_final),
+            _fmt(w_change, ".3f"),
+            _acc_str(trained.rows),
+        ]
+    )
+    for wd in cfg.weight_decays:
+        t = runs.tuned(activation="tanh", depth=cfg.deep, weight_decay=wd)
+        lines.append(
+            [
+                f"tanh, LeCun init, weight decay {wd:g}",
+                _chosen(t),
+                _range_str(t.rows, lambda r: r["chi"]),
+                metrics.group_verdict(t.rows),
+                _range_str(t.rows, chi_final),
+                _fmt(median(t.rows, lambda r: _mean_ratio(r["weight_norms_final"], r["weight_norms_init"])), ".3f"),
+                _acc_str(t.rows),
+            ]
+        )
+    verdict, because = rule_c8(chis, w_change, c_change)
     return Claim(
         "C8",
         "The cause of gradient decay is weights becoming small.",
-        "Per layer: weight norms beside gradient norms. Are small weights where the gradient vanishes?",
-        f"Plain MLPs of depth {cfg.deep}, width {cfg.width}, sigmoid and tanh, LeCun init, SGD lr {cfg.learning_rate:g}, "
-        f"{cfg.steps} steps, {cfg.seeds} seeds. Spread = max/min over hidden layers 1..L-1 at init (median over seeds); "
-        "weight change = mean over layers of ||W_l|| at the end / at init.",
-        _table(["activation", "weight-norm spread", "gradient-norm spread", "weight change", "test acc"], lines),
+        "Does the weights' scale control decay (a sweep of sigma_w^2 at init), and does training make the weights small "
+        "(ordinary training, and with L2 weight decay)?",
+        f"Plain tanh MLPs of depth {cfg.deep}, width {cfg.width}: chi at init for weight_var {list(cfg.weight_vars)}; "
+        f"trained with LeCun init and with weight decay {list(cfg.weight_decays)}, each tuned over SGD learning rates "
+        f"{list(cfg.learning_rates)}, {cfg.steps} steps, {cfg.seeds} seeds. Weight change = mean over layers of "
+        "||W_l|| at the end / at init; chi after training = the fit on the last step's backprop signal.",
+        _table(["net", "chosen", "chi at init", "verdict", "chi after training", "weight change", "test acc"], lines),
         verdict,
         because,
-        figure_series={"kind": "layers", "ylabel": "log10 norm at init (median over seeds)", "series": series},
+        rule="the scale controls decay when chi at init rises monotonically with weight_var (max/min > 1.5); supported when "
+        "it does and ordinary training shrinks the weights by > 10%, refuted when the scale does not control decay",
+        figure_series={"kind": "layers", "ylabel": "log10 ||dL/dW_l|| at init (median over seeds)", "series": series},
     )
 
 
@@ -686,10 +910,17 @@ def validate(cfg: ClaimsConfig) -> None:
     if cfg.deep < 8 or cfg.shallow < 2 or cfg.shallow >= cfg.deep:
         raise ConfigError(f"--deep={cfg.deep} (with shallow {cfg.shallow}): need 2 <= shallow < deep and deep >= 8")
     if cfg.seeds < 2:
-        raise ConfigError(f"--seeds={cfg.seeds}: must be >= 2 (the report gives the spread across seeds)")
+        raise ConfigError(f"--seeds={cfg.seeds}: must be >= 2 (every comparison is a Welch interval over seeds)")
     base = cfg.base()
     validate_sweep(
-        SweepConfig(base=base, depths=(cfg.shallow, cfg.deep), activations=("tanh",), norms=("none",), seeds=cfg.seeds)
+        SweepConfig(
+            base=base,
+            depths=(cfg.shallow, cfg.deep),
+            activations=("tanh",),
+            norms=("none",),
+            seeds=cfg.seeds,
+            learning_rates=cfg.learning_rates,
+        )
     )
     if cfg.steps < 10 or cfg.seed_net_steps < 10:
         raise ConfigError(f"--steps={min(cfg.steps, cfg.seed_net_steps)}: must be >= 10")
@@ -736,11 +967,20 @@ def _markdown(cfg: ClaimsConfig, claims: Sequence[Claim], runs: Runs) -> str:
         "# The seed's claims, tested",
         "",
         f"Every number below comes from {n_runs} training runs on `{cfg.dataset}` "
-        f"({runs.dataset.x_train.shape[0]} training / {runs.dataset.x_test.shape[0]} test examples, chance "
+        f"({runs.dataset.x_train.shape[0]} training / {runs.dataset.x_val.shape[0]} validation / "
+        f"{runs.dataset.x_test.shape[0]} test examples, chance "
         f"{100 * runs.chance:.0f}%), made by `python -m experiments.seed_claims` with these settings: "
         + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
-        + ". Spread: `median [min, max]` over seeds, or `mean ± std`. Verdicts follow from the numbers by the rules "
-        "in `decay/studies/claims.py`.",
+        + ".",
+        "",
+        "**Protocol.** Every configuration is tuned: its learning rate (and, where a claim is about them, clipping or "
+        f"Adam's epsilon) is chosen on a validation split of {runs.dataset.x_val.shape[0]} examples held out from the "
+        "training set; `chosen` names the choice, `(edge)` when it is the smallest or largest of its grid. The test set "
+        "only reports. Accuracies are `mean ± std [95% interval]` over seeds (sample std, Student t); other numbers "
+        "`median [min, max]`. Comparisons are between tuned bests, with Welch's 95% interval of the difference of mean "
+        "test accuracies; a difference whose interval holds 0 is called no difference. `training` is read from the final "
+        "training loss against chance ln(classes): trains (< 0.5), partial, fails (>= 0.9). Each verdict follows from "
+        "the numbers by the rule printed under it (code: `decay/studies/claims.py`).",
         "",
         "| id | claim | verdict |",
         "|---|---|---|",
@@ -758,6 +998,8 @@ def _markdown(cfg: ClaimsConfig, claims: Sequence[Claim], runs: Runs) -> str:
             *c.table,
             "",
             f"**Verdict: {c.verdict}.** {c.because[0].upper() + c.because[1:]}.",
+            "",
+            f"*Rule:* {c.rule}.",
             "",
             f"![{c.id}]({c.figure})",
         ]

@@ -1,4 +1,4 @@
-"""The depth sweep: every run of a grid of depths x activations x norms x seeds, one `results.jsonl` row each.
+"""The depth sweep: every run of a grid of depths x activations x norms x learning rates x seeds, one `results.jsonl` row each.
 
 Finished runs are skipped and unfinished ones resume from their latest checkpoint (the study
 runner, `decay.runner.Runner`, with run folders); at the end `report.md` and `plots/` are written.
@@ -16,7 +16,7 @@ from decay.validation import validate_sweep
 
 __all__ = ["Event", "run_sweep"]
 
-SWEPT = ("base.depth", "base.activation", "base.norm", "base.seed")  # set per run, not compared on resume
+SWEPT = ("base.depth", "base.activation", "base.norm", "base.learning_rate", "base.seed")  # set per run, not compared on resume
 
 
 def run_sweep(
