@@ -94,7 +94,7 @@ def child_compile() -> dict:
     data = load("synthetic", None, 0)
     mesh = devices.run_mesh()
     x, y = (devices.replicate(jnp.asarray(a), mesh) for a in (data.x_train, data.y_train))
-    test = devices.replicate(program.test_batches(data.x_test, data.y_test), mesh)
+    test = devices.replicate(program.eval_sets(data), mesh)
     out = {}
     for depth in (4, 16, 32):
         for act in ("tanh", "relu"):
@@ -138,7 +138,7 @@ def child_steady() -> dict:
         single.append((time.perf_counter() - t0) / n)
     mesh = devices.run_mesh()
     xs, ys = (devices.replicate(a, mesh) for a in (x, y))
-    test = devices.replicate(program.test_batches(data.x_test, data.y_test), mesh)
+    test = devices.replicate(program.eval_sets(data), mesh)
     runs = mesh.size
     fn = prog.group_chunk(n, mesh)
     shared = []

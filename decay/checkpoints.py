@@ -83,6 +83,11 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
                 keys = set(saved.keys()) - {"['data_key']"}
                 if keys != set(expected):
                     missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+                    if all("opt_state" in k for k in missing + extra):
+                        raise ConfigError(
+                            f"{path}: the optimizer state has an older layout (before decay injected the learning "
+                            "rate into it); retrain the run with this version, or read it with the decay that wrote it"
+                        )
                     raise ConfigError(
                         f"{path}: checkpoint does not match the run's model (missing {missing[:3]}, unexpected {extra[:3]})"
                     )

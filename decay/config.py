@@ -77,7 +77,7 @@ def help_of(name: str) -> str:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}[name]
 
 
-DEFAULT_LEARNING_RATES = (0.01, 0.05, 0.25)  # the depth sweep's default grid (experiments.depth_sweep)
+DEFAULT_LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)  # the depth sweep's default grid (experiments.depth_sweep)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,8 +94,11 @@ def borderline(chi: float | None, depth: int) -> bool:
     return any(abs(gain - math.log10(t)) < near for t in (VANISHING_BELOW, EXPLODING_ABOVE))
 
 
-def trainability(train_loss_end: float | None, num_classes: int, diverged: bool) -> str:
-    """'trains', 'partial', 'fails' or 'diverged', from the final training loss over chance, ln(num_classes)."""
+def trainability(train_loss_end: float | None, num_classes: int, diverged: bool, steps: int = 1) -> str:
+    """'trains', 'partial', 'fails' or 'diverged', from the final training loss over chance, ln(num_classes);
+    'untrained' for a run of 0 steps (measured at initialization only)."""
+    if steps == 0:
+        return "untrained"
     if diverged:
         return "diverged"
     if train_loss_end is None or not math.isfinite(train_loss_end):
@@ -181,7 +184,9 @@ def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
     if lo / DISAGREE <= theory <= hi * DISAGREE:
         return None
     reasons = []
-    q_ratio = _median([r["q_init"][-1] / r["q_init"][0] for r in rows if r.get("q_init") and r["q_init"][0]])
+    q_ratio = _median(
+        [r["q_init"][-1] / r["q_init"][0] for r in rows if r.get("q_init") and r["q_init"][0] and r["q_init"][-1] is not None]
+    )
     if q_ratio is not None and q_ratio < 1e-2:
         reasons.append(f"the forward signal collapsed (q last/first {q_ratio:.1e})")
     elif q_ratio is not None and q_ratio > 1e2:
@@ -197,6 +202,17 @@ def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
     return "; ".join(reasons) if reasons else "reason not identified"
 
 
+CONFIG_KEYS = (
+    "model", "dataset", "depth", "width", "activation", "norm", "init", "weight_var", "bias_var", "residual",
+    "residual_scale", "optimizer", "clip_norm", "adam_eps", "weight_decay", "batch_size", "steps",
+)  # fmt: skip  # what makes a configuration: everything but the learning rate (tuned) and the seed
+
+
+def config_key(row: dict[str, Any]) -> tuple:
+    """The configuration of a row: its CONFIG_KEYS values (rows of one configuration differ in learning rate and seed)."""
+    return tuple(row.get(k) for k in CONFIG_KEYS)
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (model, depth, activation, norm, residual) config: its learning rate chosen on validation
     (`decay.stats.best_by_validation`), and at that rate the seeds' numbers: chi with its spread and
@@ -205,10 +221,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"], r.get("residual_scale"))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(config_key(r), []).append(r)
     out = []
-    for (model, depth, act, norm, residual, _), all_rs in groups.items():
+    for all_rs in groups.values():
+        r0 = all_rs[0]
+        model, depth, act, norm, residual = r0["model"], r0["depth"], r0["activation"], r0["norm"], r0["residual"]
         choice = stats.best_by_validation(all_rs, lambda r: r.get("learning_rate"))
         rs = choice.rows
         chis = [r["chi"] for r in rs if r["chi"] is not None]
@@ -225,11 +242,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "activation": act,
                 "norm": norm,
                 "residual": residual,
+                "residual_scale": r0.get("residual_scale"),
                 "init": rs[0]["init"],
                 "seeds": len(rs),
                 "learning_rate": choice.value,
-                "learning_rates": sorted(choice.val_means),
-                "lr_at_edge": choice.at_edge,
+                "learning_rates": sorted(choice.val_means, key=lambda v: -1.0 if v is None else v),
+                "lr_at_edge": choice.at_edge and r0.get("steps") != 0,  # steps 0: nothing to choose
                 "chi": chi_med,
                 "chi_min": min(chis) if chis else None,
                 "chi_max": max(chis) if chis else None,
@@ -260,8 +278,7 @@ def tuned_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        key = (r["model"], r["depth"], r["activation"], r["norm"], r["residual"], r.get("residual_scale"))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(config_key(r), []).append(r)
     keep = set()
     for rs in groups.values():
         keep.update(id(r) for r in stats.best_by_validation(rs, lambda r: r.get("learning_rate")).rows)
@@ -277,7 +294,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     notes = []
     for s in summarize(rows):
-        norm = s["norm"] + (" +res" if s["residual"] else "")
+        norm = s["norm"] + (f" +res {s['residual_scale']:g}" if s["residual"] else "")
         chi = "-" if s["chi"] is None else f"{s['chi']:.3f}"
         if s["chi"] is not None and s["chi_max"] > s["chi_min"]:
             chi += f" [{s['chi_min']:.3f}, {s['chi_max']:.3f}]"

@@ -251,7 +251,7 @@ def trainability(rows: Sequence[Row]) -> Any:
     ax_acc.axhline(1.0 / classes, color="gray", lw=0.8, ls="--", label=f"chance ({100 / classes:.0f}%)")
     ax_acc.set_ylabel("test accuracy (fraction)")
     ax_acc.set_ylim(-0.02, 1.02)
-    ax_acc.set_title("Test accuracy after training\n(red x: a seed diverged)")
+    ax_acc.set_title("Test accuracy after training, at the learning rate\nchosen on validation (red x: a seed diverged)")
     all_depths = sorted({r["depth"] for r in rows})
     for ax in (ax_chi, ax_acc):
         ax.set_xscale("log", base=2)

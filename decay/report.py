@@ -46,7 +46,8 @@ def config_sentence(summaries: Sequence[dict[str, Any]]) -> str:
     by_depth = sorted(summaries, key=lambda s: s["depth"])
     s0, deep = by_depth[0], by_depth[-1]
     norm = "without normalization" if s0["norm"] == "none" else f"with {s0['norm']}"
-    head = f"**{s0['activation']} {norm}{' (residual)' if s0['residual'] else ''}** ({s0['init']} init)"
+    res = f" (residual, alpha {s0['residual_scale']:g})" if s0["residual"] else ""
+    head = f"**{s0['activation']} {norm}{res}** ({s0['init']} init)"
     parts = []
     chi = deep["chi"]
     if chi is not None:
@@ -111,7 +112,8 @@ def _protocol(rows: Sequence[Row], summaries: Sequence[dict[str, Any]]) -> list[
         "validation split (fixed by --data_seed). Each configuration (depth x activation x norm) is shown at the learning "
         "rate with the best mean validation accuracy over seeds; the test split only reports.",
         "- **Statistics.** Means over seeds come with the sample standard deviation (ddof = 1) and a 95% Student-t "
-        "interval; two configurations whose intervals overlap are not shown to differ.",
+        "interval. Whether two configurations differ is decided by Welch's 95% interval of their difference "
+        "(`decay.stats.welch`, as the seed claims do), not by whether their own intervals overlap.",
         f"- **Verdict.** chi^(depth - 1), the fitted per-layer factor over the depth - 1 maps from the last hidden layer "
         f"back to the first, below {metrics.VANISHING_BELOW:g} is vanishing, above {metrics.EXPLODING_ABOVE:g} exploding; "
         f"within a factor {metrics.BORDERLINE:g} of either threshold it is marked borderline. It is about the backprop "
@@ -158,8 +160,8 @@ def write_report(workdir: str) -> str:
         ]
     lines += ["## Verdicts", ""]
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for s in summaries:
-        groups.setdefault((s["activation"], s["norm"], bool(s["residual"])), []).append(s)
+    for s in summaries:  # one sentence per configuration but depth
+        groups.setdefault((s["model"], s["activation"], s["norm"], s["residual"], s["residual_scale"], s["init"]), []).append(s)
     lines += [config_sentence(g) for g in groups.values()]
     lines += [
         "",

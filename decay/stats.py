@@ -16,33 +16,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-_Z975 = 1.959964
-
 
 def t975(df: float) -> float:
-    """t_{0.975} for `df` degrees of freedom (> 0, not necessarily an integer).
-
-    The table for df <= 30 (linear in 1/df between integers), the Cornish-Fisher expansion above
-    (error < 1e-4 there).
-    """
+    """t_{0.975}, the two-sided 95% quantile of Student's t with `df` > 0 degrees of freedom (not necessarily an integer)."""
     if not df > 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if df > 30:
-        z = _Z975
-        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-    if df < 1:
-        return _T975[0] * (1 / df)  # wide and conservative below one degree of freedom
-    lo = int(math.floor(df))
-    if lo == df or lo == 30:
-        return _T975[lo - 1]
-    w = (1 / lo - 1 / df) / (1 / lo - 1 / (lo + 1))
-    return (1 - w) * _T975[lo - 1] + w * _T975[lo]
+    from scipy.stats import t  # scipy comes with scikit-learn, the embedded dataset's package
+
+    return float(t.ppf(0.975, df))
 
 
 class Summary(NamedTuple):
@@ -146,13 +127,18 @@ def best_by_validation(rows: Sequence[dict[str, Any]], grid_key: Callable[[dict[
     if not groups:
         raise ValueError("best_by_validation needs at least one row")
 
-    def score(value) -> tuple[float, float, float]:
+    def order(value) -> tuple:
+        # Numbers (or tuples of numbers, None lowest) in increasing order.
+        parts = value if isinstance(value, tuple) else (value,)
+        return tuple(-math.inf if p is None else float(p) if isinstance(p, int | float) else math.inf for p in parts)
+
+    def score(value) -> tuple:
         s = [val_score(r) for r in groups[value]]
         acc = float(np.mean([max(a, 0.0) for a, _ in s]))
         loss = float(np.mean([lo for _, lo in s]))  # -inf when any run has no loss
-        return (acc, loss, -float(value) if isinstance(value, int | float) else 0.0)
+        return (acc, loss, tuple(-x for x in order(value)))  # ties: the smaller value
 
-    best = max(sorted(groups, key=str), key=score)
-    values = sorted(groups, key=lambda v: (0, v, "") if isinstance(v, int | float) else (1, 0, str(v)))
+    values = sorted(groups, key=lambda v: (order(v), str(v)))
+    best = max(values, key=score)
     edge = len(values) >= 2 and best in (values[0], values[-1])
     return Choice(best, groups[best], edge, {v: score(v)[0] for v in values})

@@ -29,6 +29,9 @@ def validate_sweep(cfg: SweepConfig) -> None:
         _check(len(cfg.rates) > 0, "--learning_rates is empty; give a comma list of rates > 0, e.g. 0.01,0.05,0.25")
         for lr in cfg.rates:
             _check(math.isfinite(lr) and lr > 0, f"--learning_rates contains {lr:g}; every rate must be a finite number > 0")
+        names = [f"{lr:g}" for lr in cfg.rates]  # run names carry the rate as %g
+        same = sorted({n for n in names if names.count(n) > 1})
+        _check(not same, f"--learning_rates lists {', '.join(same)} more than once (rates equal to 6 digits); give each once")
     for flag in (
         "learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum", "adam_eps", "weight_decay",
         "val_fraction",

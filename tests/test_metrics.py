@@ -136,3 +136,27 @@ def test_best_learning_rate_is_chosen_on_validation_never_on_test():
     (edge,) = metrics.summarize(rows[3:])  # 0.3 is now the smallest rate of the grid
     assert edge["learning_rate"] == 0.3 and edge["lr_at_edge"]
     assert "| 0.3 (edge) |" in metrics.summary_table(rows[3:])
+
+
+def test_theory_note_flags_disagreement_beyond_the_seeds_spread_with_its_reasons():
+    def row(chi, q_last=1.0, depth=32, slope=0.5):
+        return {"chi": chi, "chi_theory": 0.64, "q_init": [1.0] * (depth - 1) + [q_last], "q_slope_theory": slope,
+                "depth": depth, "width": 128}  # fmt: skip
+
+    assert metrics.theory_note([row(0.62), row(0.66)]) is None  # theory inside the seeds' range
+    assert metrics.theory_note([row(0.68), row(0.69)]) is None  # outside, but within the 10% margin
+    note = metrics.theory_note([row(1.1, q_last=1e-6), row(1.2, q_last=1e-5)])
+    assert note.startswith("the forward signal collapsed (q last/first 5.5e-06)")
+    note = metrics.theory_note([row(0.9, slope=1.0), row(1.3, slope=1.0)])
+    assert "the seeds disagree (chi 0.9 to 1.3: finite width 128)" in note and "never settles" in note
+    assert "depth < 8" in metrics.theory_note([row(0.9, depth=4), row(0.95, depth=4)])
+    assert metrics.theory_note([row(0.9), row(0.95)]) == "reason not identified"
+    assert metrics.theory_note([{**row(0.9), "chi_theory": None}]) is None
+
+
+def test_summary_keeps_configurations_that_differ_in_more_than_rate_and_seed_apart():
+    rows = [{**_summary_row(s, 0.9, False, 0.5), "weight_var": wv} for wv in (1.0, 2.0) for s in range(2)]
+    rows[-1]["q_init"] = [1.0, None]  # q overflowed at init: no crash
+    summaries = metrics.summarize(rows)
+    assert len(summaries) == 2 and all(s["seeds"] == 2 for s in summaries)
+    assert metrics.trainability(2.0, 10, False, steps=0) == "untrained"

@@ -17,6 +17,7 @@ def test_t_quantiles_match_tables():
     assert stats.t975(60) == pytest.approx(2.000, abs=1e-3)
     assert stats.t975(120) == pytest.approx(1.980, abs=1e-3)
     assert stats.t975(4) > stats.t975(4.5) > stats.t975(5)
+    assert stats.t975(1.5) == pytest.approx(6.02, abs=0.01)  # Welch's degrees of freedom need not be integers
     with pytest.raises(ValueError):
         stats.t975(0)
 
@@ -25,7 +26,7 @@ def test_mean_std_and_interval_by_hand():
     # values 1, 2, 3, 6: mean 3, sample variance (4 + 1 + 0 + 9) / 3 = 14/3, std 2.1602
     s = stats.mean_std_ci([1.0, 2.0, 3.0, 6.0])
     assert s.n == 4 and s.mean == 3.0 and s.std == pytest.approx(math.sqrt(14 / 3))
-    half = 3.1824 * math.sqrt(14 / 3) / 2  # t_{0.975, 3} std / sqrt(4)
+    half = 3.182446 * math.sqrt(14 / 3) / 2  # t_{0.975, 3} std / sqrt(4)
     assert (s.lo, s.hi) == (pytest.approx(3 - half, rel=1e-4), pytest.approx(3 + half, rel=1e-4))
     assert stats.mean_std_ci([0.9, 0.95], bounds=(0.0, 1.0)).hi == 1.0  # an accuracy's interval stops at 1
     one = stats.mean_std_ci([0.5])
@@ -63,4 +64,8 @@ def test_best_by_validation_ignores_test_and_ranks_diverged_last():
     assert stats.best_by_validation(tie, lambda r: r["learning_rate"]).value == 0.3
     exact = [_row(0.1, 0.8, 0.1), _row(0.3, 0.8, 0.9)]
     assert stats.best_by_validation(exact, lambda r: r["learning_rate"]).value == 0.1
+    # Grid points as tuples (the claims' learning rate x clipping grids): numeric order, not string order.
+    grid = [{**_row(lr, 0.8, 0.5), "clip": clip} for lr in (3.0, 10.0) for clip in (None, 1.0)]
+    choice = stats.best_by_validation(grid, lambda r: (r["learning_rate"], r["clip"]))
+    assert choice.value == (3.0, None) and choice.at_edge
     assert stats.best_by_validation(exact, lambda r: r["learning_rate"]).at_edge

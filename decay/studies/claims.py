@@ -348,7 +348,7 @@ def c1_saturating(runs: Runs) -> Claim:
                 "chosen",
                 "chi",
                 "verdict",
-                "grad first/last",
+                "signal first/last",
                 "first-layer update / last",
                 "training",
                 "test acc",
@@ -383,7 +383,10 @@ def rule_c2(cases: dict[str, tuple[bool, stats.Difference, bool, stats.Differenc
             f"gradients explode in {', '.join(exploding)} and training is destabilised in {', '.join(destabilised)}; "
             f"{vs_ref}; {clip}",
         )
-    return REFUTED, f"gradients explode in {', '.join(exploding)} but tuned training matches the reference; {vs_ref}; {clip}"
+    return (
+        REFUTED,
+        f"gradients explode in {', '.join(exploding)} but tuned training is not worse than the reference; {vs_ref}; {clip}",
+    )
 
 
 def c2_exploding(runs: Runs) -> Claim:
@@ -592,13 +595,17 @@ def c4_restructuring(runs: Runs) -> Claim:
 def rule_c5(vs: dict[str, stats.Difference]) -> tuple[str, str]:
     """vs: other activation -> tuned ReLU (He) - tuned other test accuracy at the deep depth.
 
-    Supported: ReLU significantly better than every other; refuted: significantly worse than any; else no difference.
+    Supported: ReLU significantly better than every other; refuted: significantly worse than any; depends on the
+    activation: better than some, no difference to the rest; no difference: no significant difference at all.
     """
     because = "; ".join(f"ReLU vs {a}: {d.words()}" for a, d in vs.items())
     if any(_significant(d, -1) for d in vs.values()):
         return REFUTED, because
-    if all(_significant(d, +1) for d in vs.values()):
+    better = [a for a, d in vs.items() if _significant(d, +1)]
+    if len(better) == len(vs):
         return SUPPORTED, because
+    if better:
+        return "depends on the activation", because
     return "no difference", because
 
 
@@ -793,14 +800,16 @@ def rule_c8(chis: dict[float, float | None], weight_change: float | None, chi_ch
     """chis: weight_var -> median chi at init; weight_change: median ||W|| end / init of ordinary training;
     chi_change: median chi after training / at init.
 
-    The weights' scale controls decay when chi rises with weight_var (monotone, max/min > 1.5). Training makes
-    weights small when they shrink by > 10%. Supported: both; refuted: the scale does not control decay, or training
-    does not shrink the weights while the gradient still decays (then something else is the cause); else depends.
+    The weights' scale controls decay when chi rises with weight_var (monotone, max/min > 1.5). Supported: it
+    does, and ordinary training shrinks the weights by > 10% while chi falls. Refuted: the scale does not control
+    decay (then small weights cannot be the cause). Depends: the scale controls decay, but training does not
+    shrink the weights, or shrinks them without the gradient decaying more.
     """
     ws = sorted(w for w, c in chis.items() if c is not None)
     vals = [chis[w] for w in ws]
     controls = len(vals) >= 2 and all(b > a for a, b in zip(vals, vals[1:], strict=False)) and vals[-1] / vals[0] > 1.5
     shrinks = weight_change is not None and weight_change < 0.9
+    decays_more = chi_change is not None and chi_change < 1.0
     because = (
         "chi at init by weight_var: "
         + ", ".join(f"{w:g}: {chis[w]:.3g}" for w in ws)
@@ -809,9 +818,11 @@ def rule_c8(chis: dict[float, float | None], weight_change: float | None, chi_ch
     )
     if not controls:
         return REFUTED, because
-    if shrinks:
+    if shrinks and decays_more:
         return SUPPORTED, because
-    return "depends: small weights do cause decay, but training does not make them small", because
+    if not shrinks:
+        return "depends: small weights do cause decay, but training does not make them small", because
+    return "depends: training shrinks the weights, but the gradient does not decay more", because
 
 
 def c8_small_weights(runs: Runs) -> Claim:
