@@ -15,6 +15,7 @@ A study (the depth sweep, the phase diagram, the seed's claims, ...) describes i
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +108,7 @@ class Runner:
         except OSError as e:
             raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
         config_path = os.path.join(workdir, "config.json")
+        settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
         if os.path.exists(config_path):
             old = {k: v for k, v in results.read_json(config_path).items() if k != "command"}
             diffs = settings_diff(old, settings, ignore)

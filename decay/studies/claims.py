@@ -649,7 +649,8 @@ def c5_relu(runs: Runs) -> Claim:
         verdict,
         because,
         rule="supported when tuned ReLU (He) beats both tuned tanh and sigmoid significantly (Welch 95%), refuted when it "
-        "is significantly worse than either, else no difference",
+        "is significantly worse than either, depends on the activation when it beats one and ties the other, else no "
+        "difference",
         figure_series=_bars({"tuned": {n: t.rows for n, t in tuned.items()}}, "test accuracy (mean, 95% interval)", runs.chance),
     )
 
@@ -885,7 +886,8 @@ def c8_small_weights(runs: Runs) -> Claim:
         verdict,
         because,
         rule="the scale controls decay when chi at init rises monotonically with weight_var (max/min > 1.5); supported when "
-        "it does and ordinary training shrinks the weights by > 10%, refuted when the scale does not control decay",
+        "it does and ordinary training shrinks the weights by > 10% while chi falls, refuted when the scale does not "
+        "control decay, else depends",
         figure_series={"kind": "layers", "ylabel": "log10 ||dL/dW_l|| at init (median over seeds)", "series": series},
     )
 
