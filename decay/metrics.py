@@ -184,13 +184,24 @@ def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
     if lo / DISAGREE <= theory <= hi * DISAGREE:
         return None
     reasons = []
-    q_ratio = _median(
-        [r["q_init"][-1] / r["q_init"][0] for r in rows if r.get("q_init") and r["q_init"][0] and r["q_init"][-1] is not None]
-    )
-    if q_ratio is not None and q_ratio < 1e-2:
-        reasons.append(f"the forward signal collapsed (q last/first {q_ratio:.1e})")
-    elif q_ratio is not None and q_ratio > 1e2:
-        reasons.append(f"the forward signal exploded (q last/first {q_ratio:.1e})")
+    qs = [r["q_init"] for r in rows if r.get("q_init") and r["q_init"][0] and r["q_init"][-1] is not None]
+    q_ratios = [q[-1] / q[0] for q in qs]
+    n = len(q_ratios)
+    collapsed = [x for x in q_ratios if x < 1e-2]
+    exploded = [x for x in q_ratios if x > 1e2]
+    if collapsed:
+        reasons.append(f"the forward signal collapsed in {len(collapsed)} of {n} seeds (q last/first {min(collapsed):.1e})")
+    if exploded:
+        reasons.append(f"the forward signal exploded in {len(exploded)} of {n} seeds (q last/first {max(exploded):.1e})")
+    if n >= 2 and min(q_ratios) > 0 and max(q_ratios) / min(q_ratios) > 1e2:
+        reasons.append(
+            f"the seeds' forward signals disagree (q last/first from {min(q_ratios):.1e} to {max(q_ratios):.1e}: "
+            "at finite width q random-walks where the variance map is near-neutral)"
+        )
+    q_star = _median([r.get("q_star_theory") for r in rows])
+    q_last = _median([q[-1] for q in qs])
+    if q_star is not None and q_last is not None and abs(math.log10((q_last + 1e-3) / (q_star + 1e-3))) > 1:
+        reasons.append(f"q has not reached theory's fixed point (last layer q {q_last:.3g} against q* = {q_star:.3g})")
     if hi / lo > SEEDS_DISAGREE:
         reasons.append(f"the seeds disagree (chi {lo:.3g} to {hi:.3g}: finite width {rows[0]['width']})")
     slope = _median([r.get("q_slope_theory") for r in rows])

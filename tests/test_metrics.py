@@ -146,7 +146,15 @@ def test_theory_note_flags_disagreement_beyond_the_seeds_spread_with_its_reasons
     assert metrics.theory_note([row(0.62), row(0.66)]) is None  # theory inside the seeds' range
     assert metrics.theory_note([row(0.68), row(0.69)]) is None  # outside, but within the 10% margin
     note = metrics.theory_note([row(1.1, q_last=1e-6), row(1.2, q_last=1e-5)])
-    assert note.startswith("the forward signal collapsed (q last/first 5.5e-06)")
+    assert note.startswith("the forward signal collapsed in 2 of 2 seeds (q last/first 1.0e-06)")
+    # GELU at He init, as a newcomer met it: one seed's q collapses, the other's stays near 1, theory's q* is 0.
+    gelu = [{**row(1.03, q_last=0.92), "q_star_theory": 0.0}, {**row(1.12, q_last=3.2e-5), "q_star_theory": 0.0}]
+    note = metrics.theory_note(gelu)
+    assert (
+        "collapsed in 1 of 2 seeds" in note
+        and "the seeds' forward signals disagree (q last/first from 3.2e-05 to 9.2e-01" in note
+    )
+    assert "q has not reached theory's fixed point (last layer q 0.46 against q* = 0)" in note
     note = metrics.theory_note([row(0.9, slope=1.0), row(1.3, slope=1.0)])
     assert "the seeds disagree (chi 0.9 to 1.3: finite width 128)" in note and "never settles" in note
     assert "depth < 8" in metrics.theory_note([row(0.9, depth=4), row(0.95, depth=4)])
