@@ -122,7 +122,7 @@ def _protocol(rows: Sequence[Row], summaries: Sequence[dict[str, Any]]) -> list[
         f"{metrics.FAILS_ABOVE:g} or more fails, between partial.",
         f"- **Budget.** {steps} steps per run. At the chosen rate, {len(improving)} of {len(summaries)} configurations "
         "had a seed whose validation accuracy was still rising at the end (beats every evaluation up to 3/4 of the "
-        "budget by more than 1 point)"
+        f"budget by more than {100 * metrics.IMPROVING_BY:g} point; at chance level that can be noise)"
         + (": " + ", ".join(f"{s['depth']} {s['activation']} {s['norm']}" for s in improving) if improving else "")
         + ".",
     ]
