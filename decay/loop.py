@@ -28,12 +28,12 @@ from decay.program import (
     TRAIN_EVAL,
     Program,
     chunk_end,
-    eval_result,
     eval_sets,
     eval_sizes,
     evaluate,
     init_state,
     program_key,
+    split_results,
 )
 from decay.row import RunRecord, stats_to_json
 from decay.tensorboard_writer import RunWriter
@@ -104,7 +104,7 @@ class _RunHost:
             self.writer.write_eval(r.done, results)
 
     def _results(self, evals, sizes) -> dict[str, tuple[float, float]]:
-        return {split: eval_result(*e, n) for split, e, n in zip(SPLITS, evals, sizes, strict=True)}
+        return split_results(*evals, sizes)
 
     def measure_only(self, device_data) -> None:
         """steps=0: the evaluation and the per-layer measurement at initialization."""

@@ -93,10 +93,6 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # Per-example (loss, hit) of one evaluation set, batchnorm in evaluation mode.
         return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
 
-    def eval_all(state, sets):
-        # Every evaluation split (`SPLITS`), each batched by `eval_set`.
-        return tuple(eval_batches(state, *s) for s in sets)
-
     def curvatures(states, x_train, y_train, data_key, when):
         # The full tier's curvature of each of the stacked states (a leading axis of 2: the chunk's
         # start and end) on its next training batch where `when`, else NaN; one compiled copy for both.
@@ -112,10 +108,11 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         return jax.lax.map(one, (states, when))
 
     def run_chunk(state, x_train, y_train, data_key, test, n_steps):
-        # One run's chunk with its evaluations of every split in `test` (and, full tier, curvature): at the start (only at
-        # step 0, else zeros/NaN) and at the end (curvature on instrument_every multiples and the last step).
-        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_all, state, test))
-        first = jax.lax.cond(state.step == 0, lambda: eval_all(state, test), lambda: skipped)
+        # One run's chunk with its evaluation of every split (`test`: `eval_sets`, all splits in one set) and,
+        # full tier, curvature: at the start (only at step 0, else zeros/NaN) and at the end (curvature on
+        # instrument_every multiples and the last step).
+        skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_batches, state, *test))
+        first = jax.lax.cond(state.step == 0, lambda: eval_batches(state, *test), lambda: skipped)
         start = state
         state, stats = train_chunk(state, x_train, y_train, data_key, n_steps)
         at = (state.step % cfg.instrument_every == 0) | (state.step == cfg.steps)
@@ -123,7 +120,7 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         curv = curvatures(both, x_train, y_train, data_key, jnp.stack([start.step == 0, at & ~state.halted]))
         first_curv = jax.tree.map(lambda a: a[0], curv)
         last_curv = jax.tree.map(lambda a: a[1], curv)
-        return state, stats, (first, first_curv), (eval_all(state, test), last_curv)
+        return state, stats, (first, first_curv), (eval_batches(state, *test), last_curv)
 
     @functools.lru_cache(maxsize=16)
     def group_chunk(n_steps: int, mesh):
@@ -211,20 +208,30 @@ SPLITS = ("val", "test", "train")  # the evaluated splits, in the order of `eval
 TRAIN_EVAL = 2048  # training examples evaluated for the training loss (the first ones of the training split)
 
 
-def eval_sets(dataset: Dataset) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
-    """Validation, test and (up to TRAIN_EVAL examples of) training set, each batched by `test_batches`."""
+def eval_sets(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation, test and (up to TRAIN_EVAL examples of) training examples concatenated in that order and
+    batched by `test_batches`: one compiled evaluation serves every split; `split_results` separates them."""
     if dataset.x_val is None:
         raise ValueError("the dataset has no validation split: load it with decay.data.load or split_validation")
-    return (
-        test_batches(dataset.x_val, dataset.y_val),
-        test_batches(dataset.x_test, dataset.y_test),
-        test_batches(dataset.x_train[:TRAIN_EVAL], dataset.y_train[:TRAIN_EVAL]),
-    )
+    x = np.concatenate([dataset.x_val, dataset.x_test, dataset.x_train[:TRAIN_EVAL]])
+    y = np.concatenate([dataset.y_val, dataset.y_test, dataset.y_train[:TRAIN_EVAL]])
+    return test_batches(x, y)
 
 
 def eval_sizes(dataset: Dataset) -> tuple[int, int, int]:
-    """Examples in each split of `eval_sets`."""
+    """Examples of each split in `eval_sets`, in the order of SPLITS."""
     return dataset.x_val.shape[0], dataset.x_test.shape[0], min(dataset.x_train.shape[0], TRAIN_EVAL)
+
+
+def split_results(losses, correct, sizes: tuple[int, ...]) -> dict[str, tuple[float, float]]:
+    """(mean loss, accuracy) of each split (SPLITS) from the per-example results of `eval_sets`."""
+    flat_l = np.asarray(losses, np.float64).reshape(-1)
+    flat_c = np.asarray(correct, np.float64).reshape(-1)
+    out, start = {}, 0
+    for split, n in zip(SPLITS, sizes, strict=True):
+        out[split] = eval_result(flat_l[start : start + n], flat_c[start : start + n], n)
+        start += n
+    return out
 
 
 def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
