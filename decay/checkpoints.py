@@ -123,11 +123,21 @@ def write_config(run_dir: str, cfg: RunConfig, input_shape: tuple[int, ...], num
 def read_config(run_dir: str) -> tuple[RunConfig, tuple[int, ...], int]:
     """Reads `<run_dir>/config.json`: (RunConfig, input shape, number of classes); one-line error when bad."""
     path = os.path.join(run_dir, "config.json")
+    runs = os.path.join(run_dir, "runs")
+    if os.path.isdir(runs) or os.path.isfile(os.path.join(run_dir, "results.jsonl")):
+        names = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
+        example = f" (e.g. --run_dir={os.path.join(runs, names[0])}; {len(names)} in all)" if names else ""
+        raise ConfigError(f"{run_dir} is a sweep folder, not a run folder: pass one of the run folders under {runs}/{example}")
     if not os.path.isfile(path):
         raise ConfigError(f"{path} not found: not a run folder (expected config.json and checkpoints/)")
     try:
         with open(path) as f:
             data = json.load(f)
+        if isinstance(data, dict) and "input_shape" not in data and ("base" in data or "seeds" in data):
+            # a study's settings (e.g. the seed claims, the phase diagram), not one run's
+            raise ConfigError(
+                f"{run_dir} holds a study's config.json, not a run's: pass a run folder (config.json and checkpoints/)"
+            )
         shape, classes = tuple(data.pop("input_shape")), int(data.pop("num_classes"))
         return RunConfig(**data), shape, classes
     except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:

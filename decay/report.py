@@ -148,11 +148,13 @@ def write_report(workdir: str) -> str:
         lines += _what_was_run(rows, config)
         lines += ["## How it was judged", "", *_protocol(rows, summaries), ""]
     if config:
+        # The base run's swept fields (depth, activation, ...) are placeholders each run overrides: left out.
+        shown = {**config, "base": {k: v for k, v in (config.get("base") or {}).items() if k not in SWEPT}}
         lines += [
-            "<details><summary>config.json</summary>",
+            "<details><summary>config.json (the base run's swept fields left out: each run sets its own)</summary>",
             "",
             "```json",
-            json.dumps(config, indent=2),
+            json.dumps(shown, indent=2),
             "```",
             "",
             "</details>",

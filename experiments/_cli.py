@@ -70,6 +70,8 @@ def define_run_flags(
         kind = str(f.type).replace(" | None", "")
         default = (defaults or {}).get(f.name, f.default)
         holders[f.name] = _DEFINE[kind](f.name, default, f.metadata["help"], module_name=module)
+    for name in ("cpu_devices", "compilation_cache"):  # shared here, listed by the entry point's --help too
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
     return holders
 
 

@@ -133,13 +133,20 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or f"runs/depth_sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     command = " ".join(["python -m experiments.depth_sweep", *(shlex.quote(a) for a in sys.argv[1:])])
 
-    progress = Progress(len(cfg.runs()), quiet=_QUIET.value)
+    from decay.validation import validate_sweep
+
+    try:
+        validate_sweep(cfg)  # bad flags stop here, before anything is printed
+    except ConfigError as e:
+        fail(str(e))
+    n_runs = len(cfg.runs())
+    progress = Progress(n_runs, quiet=_QUIET.value)
     if not _QUIET.value:
         import jax
 
         n_dev = len(jax.devices())
         where = f"{n_dev} {jax.devices()[0].platform.upper()} device{'s' if n_dev > 1 else ''}"
-        progress.line(f"depth sweep: {len(cfg.runs())} runs on {where} -> {workdir}")
+        progress.line(f"depth sweep: {n_runs} run{'s' if n_runs != 1 else ''} on {where} -> {workdir}")
     try:
         rows = run_sweep(cfg, workdir, on_event=progress.on_event, on_progress=progress.on_step, command=command)
     except ConfigError as e:

@@ -235,3 +235,23 @@ def test_analyze_bad_input_is_one_line(args, expected):
     out = _ANALYZE_BAD_RUNS[tuple(args)]()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and expected in out.stderr
+
+
+def test_a_sweep_or_study_folder_is_named_as_such_not_read_as_a_run(tmp_path):
+    from decay.errors import ConfigError
+
+    sweep = tmp_path / "sweep"
+    (sweep / "runs" / "mlp-d0002-tanh-none-lr0.1-s0").mkdir(parents=True)
+    (sweep / "results.jsonl").write_text("")
+    (sweep / "config.json").write_text('{"base": {}, "depths": [2], "seeds": 1}')
+    with pytest.raises(
+        ConfigError, match=r"is a sweep folder, not a run folder: .*--run_dir=.*mlp-d0002-tanh-none-lr0.1-s0; 1 in all"
+    ):
+        analysis.load_run(str(sweep))
+    study = tmp_path / "claims"
+    study.mkdir()
+    (study / "config.json").write_text('{"dataset": "digits", "seeds": 5}')
+    with pytest.raises(ConfigError, match="holds a study's config.json, not a run's"):
+        analysis.load_run(str(study))
+    with pytest.raises(ConfigError, match="not found: not a run folder"):
+        analysis.load_run(str(tmp_path))

@@ -31,14 +31,34 @@ def test_four_devices_give_the_numbers_of_one(tmp_path, cli_sweep):
     assert without_wall_time([four[r["name"]] for r in here]) == without_wall_time(here)
 
 
-_CPU_DEVICES_3 = shell("experiments.depth_sweep", f"--workdir={scratch('cpu_devices_3')}", "--cpu_devices=3", "--width=0")
+_CPU_DEVICES_3 = shell(
+    "experiments.depth_sweep",
+    f"--workdir={scratch('cpu_devices_3')}",
+    "--cpu_devices=3",
+    "--depths=1",
+    "--activations=tanh",
+    "--norms=none",
+    "--learning_rates=0.1",
+    "--seeds=1",
+    "--width=4",
+    "--steps=0",
+    "--compilation_cache=",
+)
+_WIDTH_0 = shell("experiments.depth_sweep", f"--workdir={scratch('width_0')}", "--width=0")
+_HELP = shell("experiments.depth_sweep", "--help")
 
 
 def test_cpu_devices_flag_sets_the_device_count():
-    # The device count is printed before the sweep's settings are checked (--width=0 then stops it).
     out = _CPU_DEVICES_3()
-    assert "on 3 CPU devices" in out.stdout
-    assert out.returncode == 2 and out.stderr.strip() == "error: --width=0; must be an integer >= 1"
+    assert out.returncode == 0, out.stderr
+    assert "depth sweep: 1 run on 3 CPU devices" in out.stdout
+
+
+def test_bad_flags_stop_before_anything_is_printed_and_help_lists_the_device_flags():
+    out = _WIDTH_0()
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.strip() == "error: --width=0; must be an integer >= 1"
+    text = _HELP().stdout
+    assert "--cpu_devices" in text and "--compilation_cache" in text and "--learning_rates" in text
 
 
 def test_bad_cpu_devices_is_one_line(tmp_path):

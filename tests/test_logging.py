@@ -193,3 +193,20 @@ def test_config_sentence_names_the_failure_and_the_quantity():
 def test_report_command_requires_workdir():
     out = _REPORT_NO_WORKDIR()
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--workdir is required" in out.stderr
+
+
+def test_report_names_what_was_swept_not_the_base_run(tmp_path):
+    # A gelu/swish sweep at depth 32: the base RunConfig's own activation (tanh) and depth (8) must not appear.
+    rows = []
+    for act in ("gelu", "swish"):
+        for seed in (0, 1):
+            r = _row(32, seed, activation=act)
+            r["name"] = f"mlp-d0032-{act}-none-lr0.1-s{seed}"
+            rows.append(r)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"activation": "tanh", "depth": 8, "norm": "none", "learning_rate": 0.1, "seed": 0, "width": 8}
+    config = {"base": base, "depths": [32], "activations": ["gelu", "swish"], "norms": ["none"], "seeds": 2}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "command": "python -m experiments.depth_sweep"}))
+    text = open(report.write_report(str(tmp_path))).read()
+    assert "**Swept:** depths 32; activations gelu, swish; norms none; learning rates 0.1; 2 seeds." in text
+    assert "tanh" not in text and '"depth": 8' not in text and "width=8" in text
