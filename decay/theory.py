@@ -723,4 +723,67 @@ def expectations(
     out["chi"] = chi
     out["gain_first_over_last"] = float(np.sqrt(profile[0]))
     out["verdict"] = metrics.verdict(chi if math.isfinite(chi) else None, depth)
+    out.update(_answer(fp, norm, residual_scale, depth, chi, out["gain_first_over_last"], q_in))
     return out
+
+
+def _answer(
+    fp: FixedPoint, norm: str, residual_scale: float | None, depth: int, chi: float, gain: float, q_in: float
+) -> dict[str, Any]:
+    """The question a user asks, answered in words: is this net trainable at this depth, and why.
+
+    `trainable`: depth <= 6 xi_c for a plain net (no norm, no skips; None otherwise: no depth scale
+    applies). `phase_words`: the phase, called near-critical when the gradient's depth scale |xi_grad|
+    exceeds the depth (the net is too shallow to feel chi_1's distance from 1).
+    """
+    plain = norm == "none" and residual_scale is None
+    xi_grad = abs(fp.xi_grad) if not math.isnan(fp.xi_grad) else math.nan
+    phase = fp.phase
+    if phase in ("ordered", "chaotic") and xi_grad >= depth:
+        phase_words = (
+            f"near-critical (on the {phase} side: chi_1 = {fp.chi_1:.4g}, {100 * abs(fp.chi_1 - 1):.2g}% from 1; the gradient "
+            f"changes by e over {xi_grad:.3g} layers, more than the depth {depth})"
+        )
+    elif phase in ("ordered", "chaotic"):
+        way = "shrinks" if fp.chi_1 < 1 else "grows"
+        phase_words = (
+            f"{phase} (chi_1 = {fp.chi_1:.4g}: the gradient {way} by e every {xi_grad:.3g} layers, within the depth {depth})"
+        )
+    else:
+        phase_words = phase
+    parts = []
+    trainable: bool | None = None
+    if plain and math.isfinite(fp.trainable_depth):
+        trainable = depth <= fp.trainable_depth
+        rel = "within" if trainable else "beyond"
+        parts.append(
+            f"{'Yes' if trainable else 'No'}: depth {depth} is {rel} the trainable depth 6 xi_c = {fp.trainable_depth:.4g} "
+            f"(signals decorrelate over xi_c = {fp.xi_c:.3g} layers; Schoenholz et al. 2017)"
+        )
+    elif plain and fp.trainable_depth == math.inf:
+        trainable = True
+        parts.append(f"Yes: at criticality xi_c is infinite, so depth {depth} is within the trainable depth")
+    elif plain:
+        why = "q grows without limit" if fp.phase == "unbounded" else f"the forward signal dies out (q* = {fp.q_star:.3g})"
+        parts.append(
+            f"No correlation depth scale answers this: {why}; the verdict from chi at depth {depth} is "
+            f"'{metrics_verdict_word(chi, depth)}'"
+        )
+    else:
+        what = "normalization" if norm != "none" else "residual connections"
+        parts.append(f"No depth scale answers this with {what}; the verdict from chi is '{metrics_verdict_word(chi, depth)}'")
+    parts.append(f"the plain net's phase is {phase_words}")
+    if math.isfinite(chi) and math.isfinite(gain) and gain > 0 and (chi - 1) * (gain - 1) < 0 and math.isfinite(fp.xi_q):
+        parts.append(
+            f"chi = {chi:.4g} is the middle layers' factor, yet the first/last gain is {gain:.3g}: it is set by the "
+            f"first layers, where q moves from the input's {q_in:.3g} to q* = {fp.q_star:.3g} (depth scale "
+            f"xi_q = {fp.xi_q:.3g} layers) and the per-layer factor is not yet chi"
+        )
+    return {"trainable": trainable, "phase_words": phase_words, "answer": "; ".join(parts) + "."}
+
+
+def metrics_verdict_word(chi: float, depth: int) -> str:
+    """The sweep's verdict for a predicted chi at `depth`."""
+    from decay import metrics
+
+    return metrics.verdict(chi if math.isfinite(chi) else None, depth)

@@ -4,7 +4,9 @@
     python -m experiments.theory --activation=relu --norm=batchnorm --batch_size=32
     python -m experiments.theory --activation=relu --residual_scale=0.5 --depth=64 --json
 
-Prints a table (or JSON with --json): the plain net's fixed points q*, c*, chi_1, depth scales and
+Answers first, in words, whether the net is trainable at --depth and why (trainable depth 6 xi_c,
+how far from critical in depth-scale terms), then prints a table (or JSON with --json, which
+carries the same `answer`, `trainable` and `phase_words`): the plain net's fixed points q*, c*, chi_1, depth scales and
 phase, and for the configuration given the per-layer factor chi of ||dL/dh_l||^2, the gradient
 ratio first/last layer over --depth layers, and the verdict the depth sweep would give.
 """
@@ -98,6 +100,8 @@ def main(argv: list[str]) -> None:
     extra = f", residual alpha={rs:g}" if rs is not None else ""
     print(f"{act}, norm {_NORM.value}{extra}, batch {_BATCH_SIZE.value}, depth {_DEPTH.value}, q_in {_Q_IN.value:g}")
     print(f"theory: {out['theory']}")
+    print()
+    print(f"Trainable at depth {_DEPTH.value}? {out['answer']}")
     print()
     print("| quantity | value | meaning |")
     print("|---|---:|---|")

@@ -273,3 +273,23 @@ def test_phase_diagram_bad_flags_are_one_line():
     out = _PHASE_BAD[2]()
     assert out.returncode == 2 and ("--bias_var" in out.stderr or "--seeds" in out.stderr) and "Traceback" not in out.stderr
     assert not scratch("phase_bad").exists()  # refused before the workdir was made
+
+
+_ANSWER_YES = shell("experiments.theory", "--activation=tanh", "--weight_var=2", "--bias_var=0.1", "--depth=50")
+_ANSWER_NO = shell("experiments.theory", "--activation=tanh", "--weight_var=0.5", "--bias_var=0.05", "--depth=50", "--json")
+
+
+def test_theory_command_answers_whether_the_net_trains_at_that_depth():
+    # tanh (2, 0.1): chi_1 = 1.003, xi_c = 336, 6 xi_c = 2016 > 50, gain 0.79 although chi > 1.
+    out = _ANSWER_YES()
+    assert out.returncode == 0, out.stderr
+    line = next(t for t in out.stdout.splitlines() if t.startswith("Trainable at depth 50?"))
+    assert "Yes: depth 50 is within the trainable depth 6 xi_c = 2016" in line
+    assert "near-critical (on the chaotic side: chi_1 = 1.003, 0.3% from 1" in line
+    assert "the first/last gain is 0.793: it is set by the first layers" in line
+    # tanh (0.5, 0.05): 6 xi_c = 7.1 < 50, in JSON too.
+    doc = json.loads(_ANSWER_NO().stdout)
+    fp = theory.fixed_point("tanh", 0.5, 0.05)
+    assert doc["trainable"] is False and doc["plain_trainable_depth"] == pytest.approx(6 * fp.xi_c)
+    assert doc["answer"].startswith(f"No: depth 50 is beyond the trainable depth 6 xi_c = {6 * fp.xi_c:.4g}")
+    assert doc["phase_words"].startswith("ordered (chi_1 = 0.432")
