@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 NORM_STYLES = {"none": "-", "batchnorm": "--", "layernorm": ":", "rmsnorm": "-."}
 ACT_COLORS = plt.get_cmap("tab10")
+NORM_MARKERS = {"none": "o", "batchnorm": "s", "layernorm": "^", "rmsnorm": "D"}
 
 if TYPE_CHECKING:
     from decay.row import Row  # one results.jsonl line
@@ -116,108 +117,126 @@ def _theory_overlay(ax, rows: Sequence[Row], measured_log: np.ndarray, color: An
 
 
 def gradient_flow(rows: Sequence[Row], out_dir: str) -> list[str]:
-    """One figure per activation: per-layer signal and kernel-gradient norms at init, norms side by side.
+    """`gradient_flow_figure` for every activation, saved as `<out_dir>/gradient_flow_<activation>.png`; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    activations = list(dict.fromkeys(r["activation"] for r in rows))
+    return [
+        save(
+            gradient_flow_figure([r for r in rows if r["activation"] == act], act),
+            os.path.join(out_dir, f"gradient_flow_{act}.png"),
+        )
+        for act in activations
+    ]
+
+
+def gradient_flow_figure(act_rows: Sequence[Row], act: str) -> Any:
+    """The gradient-flow figure of one activation: per-layer signal and kernel-gradient norms at init, norms side by side.
 
     Rows of panels: log10 ||dL/dh_l|| against layer (one line per depth, median over seeds,
     band = min..max, dashed: the mean-field prediction where one exists); log10 ||dL/dW_l||;
     a layer x depth heatmap of the median signal norm.
     Panels of a row share their y (or colour) scale.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    activations = list(dict.fromkeys(r["activation"] for r in rows))
-    for act in activations:
-        act_rows = [r for r in rows if r["activation"] == act]
-        configs = list(dict.fromkeys(_config_key(r) for r in act_rows))
-        depths = sorted({r["depth"] for r in act_rows})
-        colors = _depth_colors(depths)
-        ncol = len(configs)
-        fig, axes = plt.subplots(3, ncol, figsize=(4.2 * ncol + 2.2, 11), squeeze=False, sharey="row", layout="constrained")
-        heat, heat_zero = {}, {}
-        for c, cfg in enumerate(configs):
-            cfg_rows = [r for r in act_rows if _config_key(r) == cfg]
-            for row_i, (key, ylabel) in enumerate(
-                [
-                    ("signal_norms_init", "log10 ||dL/dh_l||  (backprop signal)"),
-                    ("grad_norms_init", "log10 ||dL/dW_l||  (kernel gradient)"),
-                ]
-            ):
-                ax = axes[row_i, c]
-                for d, d_rows in sorted(_group(cfg_rows, "depth").items()):
-                    depth = d[0]
-                    med, lo, hi, specials = _seed_profiles(d_rows, key)
-                    x = np.arange(len(med))
-                    ax.plot(x, med, color=colors[depth], lw=1.5, label=f"depth {depth}")
-                    ax.fill_between(x, lo, hi, color=colors[depth], alpha=0.2, lw=0)
-                    mark_special(ax, x, specials, colors[depth])
-                    if key == "signal_norms_init":
-                        _theory_overlay(ax, d_rows, med, colors[depth])
-                        heat[(c, depth)] = med
-                        heat_zero[(c, depth)] = specials["zero"]
-                ax.set_xlabel("layer l  (0 = input side)")
-                if c == 0:
-                    ax.set_ylabel(ylabel)
-                ax.grid(alpha=0.3)
-                if row_i == 0:
-                    ax.set_title(f"{act}, {_config_label(*cfg)}")
-        handles = [Line2D([], [], color=colors[d], lw=2, label=f"depth {d}") for d in depths]
-        if any(r.get("signal_profile_theory") for r in act_rows):
-            label = "mean-field theory\n(anchored at last layer)"
-            handles.append(Line2D([], [], color="black", lw=1.2, ls=(0, (3, 2)), label=label))
-        handles += [
-            Line2D([], [], marker="v", ls="", color="gray", label="0 (underflow)"),
-            Line2D([], [], marker="^", ls="", color="gray", label="+Inf (overflow)"),
-            Line2D([], [], marker="x", ls="", color="red", label="NaN"),
-        ]
-        fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="lines: median over seeds\nband: seed min..max")
-        finite = np.concatenate([v[np.isfinite(v)] for v in heat.values()] or [np.array([0.0])])
-        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if vmin == vmax:
-            vmin, vmax = vmin - 1, vmax + 1
-        image = None
-        for c in range(ncol):
-            ax = axes[2, c]
-            grid = np.full((len(depths), max(depths)), np.nan)
-            exists = np.zeros(grid.shape)
-            underflow = np.zeros(grid.shape, bool)
-            for i, depth in enumerate(depths):
-                if (c, depth) in heat:
-                    grid[i, :depth] = heat[(c, depth)]
-                    exists[i, :depth] = 1.0
-                    underflow[i, :depth] = heat_zero[(c, depth)]
-            extent = (-0.5, max(depths) - 0.5, -0.5, len(depths) - 0.5)
-            # Layers that exist but have no drawable value show grey; zeros (underflow) show blue.
-            ax.imshow(
-                exists,
-                aspect="auto",
-                origin="lower",
-                cmap=mcolors.ListedColormap(["white", "#bbbbbb"]),
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-                extent=extent,
-            )
-            grid[underflow] = vmin - 1.0
-            cmap = plt.get_cmap("magma").with_extremes(bad=(0, 0, 0, 0), under="#2b6cff")
-            image = ax.imshow(
-                grid,
-                aspect="auto",
-                origin="lower",
-                cmap=cmap,
-                norm=mcolors.Normalize(vmin, vmax),
-                interpolation="nearest",
-                extent=extent,
-            )
-            ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    configs = list(dict.fromkeys(_config_key(r) for r in act_rows))
+    depths = sorted({r["depth"] for r in act_rows})
+    colors = _depth_colors(depths)
+    ncol = len(configs)
+    heatmap = len(depths) > 1  # with one depth the layer x depth heatmap repeats the top row: left out
+    nrow = 3 if heatmap else 2
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.2 * ncol + 2.2, 11 if heatmap else 7.5), squeeze=False, sharey="row", layout="constrained"
+    )
+    heat, heat_zero = {}, {}
+    seen = {"zero": False, "posinf": False, "nan": False}  # values a log axis cannot show, drawn on the edge
+    for c, cfg in enumerate(configs):
+        cfg_rows = [r for r in act_rows if _config_key(r) == cfg]
+        for row_i, (key, ylabel) in enumerate(
+            [
+                ("signal_norms_init", "log10 ||dL/dh_l||  (backprop signal)"),
+                ("grad_norms_init", "log10 ||dL/dW_l||  (kernel gradient)"),
+            ]
+        ):
+            ax = axes[row_i, c]
+            for d, d_rows in sorted(_group(cfg_rows, "depth").items()):
+                depth = d[0]
+                med, lo, hi, specials = _seed_profiles(d_rows, key)
+                x = np.arange(len(med))
+                ax.plot(x, med, color=colors[depth], lw=1.5, label=f"depth {depth}")
+                ax.fill_between(x, lo, hi, color=colors[depth], alpha=0.2, lw=0)
+                mark_special(ax, x, specials, colors[depth])
+                drawn = {"zero": specials["zero"], "posinf": specials["posinf"], "nan": specials["nan"] | specials["neg"]}
+                for k in seen:
+                    seen[k] = seen[k] or bool(np.any(drawn[k]))
+                if key == "signal_norms_init":
+                    _theory_overlay(ax, d_rows, med, colors[depth])
+                    heat[(c, depth)] = med
+                    heat_zero[(c, depth)] = specials["zero"]
             ax.set_xlabel("layer l  (0 = input side)")
             if c == 0:
-                ax.set_ylabel("network depth")
-            ax.set_title("median log10 ||dL/dh_l||, layer x depth", fontsize=9)
-        cbar = fig.colorbar(image, ax=axes[2, :].tolist(), extend="min", shrink=0.9)
-        cbar.set_label("log10 ||dL/dh_l||  (blue: 0, underflow; grey: NaN)")
-        fig.suptitle(f"Gradient flow at initialization — {act}: backprop signal and gradient per layer", fontsize=13)
-        paths.append(save(fig, os.path.join(out_dir, f"gradient_flow_{act}.png")))
-    return paths
+                ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if row_i == 0:
+                ax.set_title(f"{act}, {_config_label(*cfg)}")
+    handles = [Line2D([], [], color=colors[d], lw=2, label=f"depth {d}") for d in depths]
+    if any(r.get("signal_profile_theory") for r in act_rows):
+        label = "mean-field theory\n(anchored at last layer)"
+        handles.append(Line2D([], [], color="black", lw=1.2, ls=(0, (3, 2)), label=label))
+    specials_legend = {
+        "zero": Line2D([], [], marker="v", ls="", color="gray", label="0 (underflow)"),
+        "posinf": Line2D([], [], marker="^", ls="", color="gray", label="+Inf (overflow)"),
+        "nan": Line2D([], [], marker="x", ls="", color="red", label="NaN"),
+    }
+    handles += [h for k, h in specials_legend.items() if seen[k]]  # only what this figure draws
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="lines: median over seeds\nband: seed min..max")
+    fig.suptitle(f"Gradient flow at initialization — {act}:\nbackprop signal and gradient per layer", fontsize=12)
+    if not heatmap:
+        return fig
+    finite = np.concatenate([v[np.isfinite(v)] for v in heat.values()] or [np.array([0.0])])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 1, vmax + 1
+    image = None
+    for c in range(ncol):
+        ax = axes[2, c]
+        grid = np.full((len(depths), max(depths)), np.nan)
+        exists = np.zeros(grid.shape)
+        underflow = np.zeros(grid.shape, bool)
+        for i, depth in enumerate(depths):
+            if (c, depth) in heat:
+                grid[i, :depth] = heat[(c, depth)]
+                exists[i, :depth] = 1.0
+                underflow[i, :depth] = heat_zero[(c, depth)]
+        extent = (-0.5, max(depths) - 0.5, -0.5, len(depths) - 0.5)
+        # Layers that exist but have no drawable value show grey; zeros (underflow) show blue.
+        ax.imshow(
+            exists,
+            aspect="auto",
+            origin="lower",
+            cmap=mcolors.ListedColormap(["white", "#bbbbbb"]),
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=extent,
+        )
+        grid[underflow] = vmin - 1.0
+        cmap = plt.get_cmap("magma").with_extremes(bad=(0, 0, 0, 0), under="#2b6cff")
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            origin="lower",
+            cmap=cmap,
+            norm=mcolors.Normalize(vmin, vmax),
+            interpolation="nearest",
+            extent=extent,
+        )
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+        ax.set_xlabel("layer l  (0 = input side)")
+        if c == 0:
+            ax.set_ylabel("network depth")
+        ax.set_title("median log10 ||dL/dh_l||, layer x depth", fontsize=9)
+    cbar = fig.colorbar(image, ax=axes[2, :].tolist(), extend="min", shrink=0.9)
+    cbar.set_label("log10 ||dL/dh_l||  (blue: 0, underflow; grey: NaN)")
+    return fig
 
 
 def trainability(rows: Sequence[Row]) -> Any:
@@ -227,6 +246,7 @@ def trainability(rows: Sequence[Row]) -> Any:
     for (act, norm, residual), g in _group(rows, "activation", "norm", "residual").items():
         color = ACT_COLORS(acts.index(act) % 10)
         style = NORM_STYLES.get(norm, "-")
+        marker = NORM_MARKERS.get(norm, "o")  # the norm shows in the marker too: a single depth draws no line
         label = f"{act}, {_config_label(norm, bool(residual))}"
         depths = sorted({r["depth"] for r in g})
         for ax, key, transform in ((ax_chi, "chi", safe_log10), (ax_acc, "test_accuracy", None)):
@@ -239,7 +259,7 @@ def trainability(rows: Sequence[Row]) -> Any:
                     med.append(np.nanmedian(vals) if vals.size else np.nan)
                     lo.append(np.nanmin(vals) if vals.size else np.nan)
                     hi.append(np.nanmax(vals) if vals.size else np.nan)
-            ax.plot(depths, med, style, color=color, marker="o", ms=3, label=label)
+            ax.plot(depths, med, style, color=color, marker=marker, ms=5, mfc="none" if norm != "none" else color, label=label)
             ax.fill_between(depths, lo, hi, color=color, alpha=0.12, lw=0)
         div = [(r["depth"], r.get("test_accuracy")) for r in g if r.get("diverged")]
         if div:
@@ -479,7 +499,10 @@ def layer_comparison(stats: dict[str, Sequence[Any]], stats0: dict[str, Sequence
     ]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), layout="constrained")
     for ax, (key, label) in zip(axes, keys, strict=True):
-        for values, name, color in ((stats0.get(key), "step 0 (init)", "gray"), (stats.get(key), f"step {step}", "C0")):
+        series = [(stats0.get(key), "step 0 (init)", "gray")]
+        if step != 0:  # at step 0 the two series are one
+            series.append((stats.get(key), f"step {step}", "C0"))
+        for values, name, color in series:
             lg, masks = safe_log10(as_float_array(values))
             x = np.arange(len(lg))
             ax.plot(x, lg, marker="o", ms=3, color=color, label=name)
@@ -557,24 +580,41 @@ def instrument_profiles(rows: Sequence[Row], key: str) -> Any:
         ax = axes[acts.index(cfg[0]), others.index(cfg[1:])]
         ax.set_visible(True)
         cfg_rows = [r for r in rows if _instrument_key(r) == cfg]
+        notes: list[str] = []  # what a log axis cannot show, said under the panel title
         for suffix, style, label in (("init", "-", "initialization"), ("final", "--", "end of training")):
             values = [as_float_array(r.get(f"{key}_{suffix}")) for r in cfg_rows if r.get(f"{key}_{suffix}") is not None]
             if not values:
                 continue
             stacked = np.stack(values)
             med = np.nanmedian(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
+            if log and not np.any(np.isfinite(med) & (med > 0)):  # e.g. distance 0 at initialization: said, not drawn
+                notes.append(f"{label}: 0 in every layer, not drawn")
+                continue
             ax.plot(np.arange(len(med)), med, style, marker="o", ms=2.5, color="C0" if suffix == "init" else "C3", label=label)
         star = {"q": "q_star_theory", "c": "c_star_theory"}.get(key)
         if star and cfg_rows[0].get(star) is not None:
-            ax.axhline(cfg_rows[0][star], color="gray", ls=":", lw=1.2, label="theory")
+            value = cfg_rows[0][star]
+            if log and value <= 0:  # a log axis cannot draw it: said under the title instead
+                notes.append(f"theory {star[0]}* = {value:g}, not drawn")
+            else:
+                ax.axhline(value, color="gray", ls=":", lw=1.2, label="theory")
         if log:
-            ax.set_yscale("log")
-        ax.set_title(_instrument_label(cfg), fontsize=9)
+            drawn = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), np.float64).ravel()]
+            if any(np.isfinite(v) and v > 0 for v in drawn):
+                ax.set_yscale("log")
+            else:  # nothing positive to draw (e.g. distance 0 at initialization only): a log axis would be empty
+                notes.append("all values 0")
+        ax.set_title(_instrument_label(cfg) + "".join(f"\n({n})" for n in notes), fontsize=9 if not notes else 8)
         ax.set_xlabel("layer l  (0 = input side)")
         ax.grid(alpha=0.3)
     for row in axes:
         row[0].set_ylabel(ylabel, fontsize=8)
-    axes[0][0].legend(fontsize=7)
+    handles = {}
+    for ax in axes.ravel():  # every entry any panel draws, once
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(f"{ylabel} at depth {depth}, median over seeds")
     return fig
 

@@ -180,7 +180,20 @@ def write_report(workdir: str) -> str:
         "",
         "## Figures",
         "",
-        "Figures show each configuration's runs at its chosen learning rate.",
+        "Figures show each configuration's runs at its chosen learning rate. How to read them:",
+        "",
+        "- **Gradient flow** (one figure per activation, one column per norm): top, log10 of the backprop signal "
+        "||dL/dh_l|| at initialization against the layer (0 = input side), one line per depth (median over seeds, band "
+        "= their min..max), dashed the mean-field prediction. Flat: the signal reaches the first layer intact; rising "
+        "to the right (higher at the output side): it vanishes toward the input; falling to the right: it explodes. "
+        "Middle, the same for the kernel gradient ||dL/dW_l||, what the optimizer sees. Bottom (two depths or more), "
+        "the signal as a layer x depth heatmap on one colour scale. Markers on a panel's edge are values a log axis "
+        "cannot show (0, +Inf, NaN); they appear in the legend only when drawn.",
+        "- **Trainability**: log10 chi (left; above 0 explodes, below 0 vanishes) and test accuracy (right) against "
+        "depth; colour = activation, line style and marker = norm (hollow markers: a norm), dashed grey = chance.",
+        "- **Training curves**: the training loss of every run against the step, a red cross where a run diverged.",
+        "- **Instruments** (q, c, dead units, distance from initialization) per layer at the largest depth, at "
+        "initialization (solid) and at the end (dashed); what a log axis cannot show is said under a panel's title.",
         "",
     ]
     captions = {

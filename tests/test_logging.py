@@ -210,3 +210,47 @@ def test_report_names_what_was_swept_not_the_base_run(tmp_path):
     text = open(report.write_report(str(tmp_path))).read()
     assert "**Swept:** depths 32; activations gelu, swish; norms none; learning rates 0.1; 2 seeds." in text
     assert "tanh" not in text and '"depth": 8' not in text and "width=8" in text
+
+
+def _instrumented(depth, seed, activation="gelu", norm="none"):
+    r = _row(depth, seed, activation=activation, norm=norm)
+    r.update(
+        q_init=[1.0] * depth, q_final=[2.0] * depth, q_star_theory=0.0 if norm == "none" else None,
+        distance_init=[0.0] * depth, distance_final=[0.05] * depth, signal_profile_theory=[1.0] * depth,
+    )  # fmt: skip
+    return r
+
+
+def _legend_labels(fig):
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+_GRIDS = [
+    ((8,), (0,), ("gelu",), ("none",)),  # one depth, one seed, one activation, one norm
+    ((8,), (0,), ("gelu",), ("none", "layernorm")),
+    ((2, 8), (0, 1), ("gelu", "swish"), ("none", "layernorm")),
+]
+
+
+@pytest.mark.parametrize("depths, seeds, acts, norms", _GRIDS)
+def test_figures_of_degenerate_grids_show_what_their_legends_say(depths, seeds, acts, norms):
+    import matplotlib.pyplot as plt
+
+    rows = [_instrumented(d, s, a, n) for d in depths for s in seeds for a in acts for n in norms]
+    fig = plots.gradient_flow_figure([r for r in rows if r["activation"] == "gelu"], "gelu")
+    assert len(fig.axes) - 1 * (len(depths) > 1) == (3 if len(depths) > 1 else 2) * len(norms)  # no heatmap row for one depth
+    labels = _legend_labels(fig)
+    assert [f"depth {d}" for d in depths] == labels[: len(depths)] and "0 (underflow)" not in labels  # nothing underflowed
+    plt.close(fig)
+    fig = plots.trainability(rows)
+    labels = _legend_labels(fig)
+    assert labels == [f"{a}, {'no norm' if n == 'none' else n}" for a in acts for n in norms] + ["chance (10%)"]
+    markers = {line.get_label(): line.get_marker() for line in fig.axes[1].get_lines()}
+    assert markers.get("gelu, no norm") == "o" and (len(norms) == 1 or markers["gelu, layernorm"] == "^")
+    plt.close(fig)
+    fig = plots.instrument_profiles(rows, "distance")  # 0 at initialization: said under the title, not in the legend
+    assert _legend_labels(fig) == ["end of training"] and "initialization: 0 in every layer, not drawn" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = plots.instrument_profiles(rows, "q")  # theory q* = 0 without a norm: not drawable on the log axis
+    assert "theory" not in _legend_labels(fig) and "theory q* = 0, not drawn" in fig.axes[0].get_title()
+    plt.close(fig)
