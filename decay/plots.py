@@ -316,7 +316,8 @@ def training_curves(rows: Sequence[Row]) -> Any:
             if j == 0:
                 ax.set_ylabel("log10 training loss")
     handles = [Line2D([], [], color=colors[d], label=f"depth {d}") for d in depths]
-    handles.append(Line2D([], [], marker="x", ls="", color="red", label="diverged here"))
+    if any(r.get("diverged") for r in rows):  # the marker is in the legend only when a run diverged
+        handles.append(Line2D([], [], marker="x", ls="", color="red", label="diverged here"))
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle("Training loss (one line per seed)")
     fig.tight_layout(rect=(0, 0, 0.92, 0.97))

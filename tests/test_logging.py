@@ -248,6 +248,9 @@ def test_figures_of_degenerate_grids_show_what_their_legends_say(depths, seeds, 
     markers = {line.get_label(): line.get_marker() for line in fig.axes[1].get_lines()}
     assert markers.get("gelu, no norm") == "o" and (len(norms) == 1 or markers["gelu, layernorm"] == "^")
     plt.close(fig)
+    fig = plots.training_curves(rows)  # nothing diverged: no "diverged here" entry
+    assert _legend_labels(fig) == [f"depth {d}" for d in depths]
+    plt.close(fig)
     fig = plots.instrument_profiles(rows, "distance")  # 0 at initialization: said under the title, not in the legend
     assert _legend_labels(fig) == ["end of training"] and "initialization: 0 in every layer, not drawn" in fig.axes[0].get_title()
     plt.close(fig)
