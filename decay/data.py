@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from decay.config import RunConfig
 from decay.errors import ConfigError
 from decay.registry import Registry
 
@@ -38,7 +39,6 @@ DATASETS: Registry[Loader] = Registry("dataset")
 
 
 PRESTANDARDIZED = {"synthetic"}  # loaders whose inputs are standard by construction (q^0 = 1 exactly in expectation)
-DEFAULT_VAL_FRACTION = 0.2
 
 
 def _raw(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:
@@ -191,7 +191,7 @@ def load_cifar10(data_dir: str | None, data_seed: int) -> Dataset:
     return _raw("cifar10", xtr, ytr, parts[5][0], parts[5][1], 10)
 
 
-def load(name: str, data_dir: str | None, data_seed: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> Dataset:
+def load(name: str, data_dir: str | None, data_seed: int, val_fraction: float = RunConfig.val_fraction) -> Dataset:
     """A registered dataset by name, its validation split carved from the training set, standardized on the training split."""
     ds = split_validation(DATASETS.get(name)(data_dir, data_seed), val_fraction, data_seed)
     return ds if name in PRESTANDARDIZED else standardize(ds)

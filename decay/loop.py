@@ -24,13 +24,11 @@ from decay import devices, instruments, metrics, row
 from decay.config import RunConfig
 from decay.data import Dataset
 from decay.program import (
-    SPLITS,
-    TRAIN_EVAL,
     Program,
     chunk_end,
     eval_sets,
     eval_sizes,
-    evaluate,
+    evaluate_splits,
     init_state,
     program_key,
     split_results,
@@ -110,9 +108,7 @@ class _RunHost:
         """steps=0: the evaluation and the per-layer measurement at initialization."""
         r = self.record
         x_train, y_train = device_data[:2]
-        ds = self.dataset
-        splits = ((ds.x_val, ds.y_val), (ds.x_test, ds.y_test), (ds.x_train[:TRAIN_EVAL], ds.y_train[:TRAIN_EVAL]))
-        self.record_eval({name: evaluate(self.prog, self.state, x, y) for name, (x, y) in zip(SPLITS, splits, strict=True)})
+        self.record_eval(evaluate_splits(self.prog, self.state, self.dataset))
         init = jax.device_get(self.prog.measure(self.state, x_train, y_train, self.data_key))
         curv = {k: init.pop(k) for k in instruments.CURVATURE_KEYS if k in init}
         self.record_curvature(0, curv)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from decay import stats
+
 # verdict thresholds on chi^(depth - 1), the fitted per-layer factor extrapolated over the
 # depth - 1 layer maps between the probes h_{L-1} and h_0: the gain of the squared backprop
 # signal from the last hidden layer back to the first. Below 1e-2 the signal reaching the first
@@ -225,20 +227,14 @@ def config_key(row: dict[str, Any]) -> tuple:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (model, depth, activation, norm, residual) config: its learning rate chosen on validation
-    (`decay.stats.best_by_validation`), and at that rate the seeds' numbers: chi with its spread and
-    theory, the verdict, trainability, validation and test accuracy with sample std and 95% interval."""
-    from decay import stats
-
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(config_key(r), []).append(r)
+    """One entry per configuration (`config_key`): its learning rate chosen on validation (`rate_choices`),
+    and at that rate the seeds' numbers: chi with its spread and theory, the verdict, trainability,
+    validation and test accuracy with sample std and 95% interval."""
     out = []
-    for all_rs in groups.values():
-        r0 = all_rs[0]
-        model, depth, act, norm, residual = r0["model"], r0["depth"], r0["activation"], r0["norm"], r0["residual"]
-        choice = stats.best_by_validation(all_rs, lambda r: r.get("learning_rate"))
+    for choice in rate_choices(rows):
         rs = choice.rows
+        r0 = rs[0]
+        model, depth, act, norm, residual = r0["model"], r0["depth"], r0["activation"], r0["norm"], r0["residual"]
         chis = [r["chi"] for r in rs if r["chi"] is not None]
         chi_med = _median(chis)
         chi_theory = _median([r.get("chi_theory") for r in rs])
@@ -283,16 +279,17 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def tuned_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows at each configuration's learning rate chosen on validation (all seeds), in input order."""
-    from decay import stats
-
+def rate_choices(rows: Sequence[dict[str, Any]]) -> list[stats.Choice]:
+    """Each configuration's (`config_key`) learning rate chosen on validation, in order of first appearance."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(config_key(r), []).append(r)
-    keep = set()
-    for rs in groups.values():
-        keep.update(id(r) for r in stats.best_by_validation(rs, lambda r: r.get("learning_rate")).rows)
+    return [stats.best_by_validation(rs, lambda r: r.get("learning_rate")) for rs in groups.values()]
+
+
+def tuned_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows at each configuration's learning rate chosen on validation (all seeds), in input order."""
+    keep = {id(r) for choice in rate_choices(rows) for r in choice.rows}
     return [r for r in rows if id(r) in keep]
 
 

@@ -253,6 +253,15 @@ def eval_result(losses, correct, n: int) -> tuple[float, float]:
 
 def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
     """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
-    xb, yb, mb = test_batches(np.asarray(x_test), np.asarray(y_test))
-    out = [prog.eval_batch(state.params, state.batch_stats, x, y, m) for x, y, m in zip(xb, yb, mb, strict=True)]
-    return eval_result([o[0] for o in out], [o[1] for o in out], x_test.shape[0])
+    losses, correct = _eval_per_example(prog, state, test_batches(np.asarray(x_test), np.asarray(y_test)))
+    return eval_result(losses, correct, x_test.shape[0])
+
+
+def evaluate_splits(prog: Program, state: TrainState, dataset: Dataset) -> dict[str, tuple[float, float]]:
+    """(mean loss, accuracy) of every split (SPLITS), from the same `eval_sets` batches a training chunk evaluates."""
+    return split_results(*_eval_per_example(prog, state, eval_sets(dataset)), eval_sizes(dataset))
+
+
+def _eval_per_example(prog: Program, state: TrainState, batches) -> tuple[list, list]:
+    out = [prog.eval_batch(state.params, state.batch_stats, x, y, m) for x, y, m in zip(*batches, strict=True)]
+    return [o[0] for o in out], [o[1] for o in out]

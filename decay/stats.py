@@ -109,6 +109,12 @@ def val_score(row: dict[str, Any]) -> tuple[float, float]:
     return (float(acc), -float(loss) if loss is not None else -math.inf)
 
 
+def grid_order(value: Any) -> tuple:
+    """Sort key of a grid value: numbers (or tuples of numbers) in increasing order, None lowest."""
+    parts = value if isinstance(value, tuple) else (value,)
+    return tuple(-math.inf if p is None else float(p) if isinstance(p, int | float) else math.inf for p in parts)
+
+
 class Choice(NamedTuple):
     """The grid value chosen on validation for one configuration."""
 
@@ -127,18 +133,13 @@ def best_by_validation(rows: Sequence[dict[str, Any]], grid_key: Callable[[dict[
     if not groups:
         raise ValueError("best_by_validation needs at least one row")
 
-    def order(value) -> tuple:
-        # Numbers (or tuples of numbers, None lowest) in increasing order.
-        parts = value if isinstance(value, tuple) else (value,)
-        return tuple(-math.inf if p is None else float(p) if isinstance(p, int | float) else math.inf for p in parts)
-
     def score(value) -> tuple:
         s = [val_score(r) for r in groups[value]]
         acc = float(np.mean([max(a, 0.0) for a, _ in s]))
         loss = float(np.mean([lo for _, lo in s]))  # -inf when any run has no loss
-        return (acc, loss, tuple(-x for x in order(value)))  # ties: the smaller value
+        return (acc, loss, tuple(-x for x in grid_order(value)))  # ties: the smaller value
 
-    values = sorted(groups, key=lambda v: (order(v), str(v)))
+    values = sorted(groups, key=lambda v: (grid_order(v), str(v)))
     best = max(values, key=score)
     edge = len(values) >= 2 and best in (values[0], values[-1])
     return Choice(best, groups[best], edge, {v: score(v)[0] for v in values})

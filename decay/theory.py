@@ -723,12 +723,12 @@ def expectations(
     out["chi"] = chi
     out["gain_first_over_last"] = float(np.sqrt(profile[0]))
     out["verdict"] = metrics.verdict(chi if math.isfinite(chi) else None, depth)
-    out.update(_answer(fp, norm, residual_scale, depth, chi, out["gain_first_over_last"], q_in))
+    out.update(_answer(fp, norm, residual_scale, depth, chi, out["gain_first_over_last"], q_in, out["verdict"]))
     return out
 
 
 def _answer(
-    fp: FixedPoint, norm: str, residual_scale: float | None, depth: int, chi: float, gain: float, q_in: float
+    fp: FixedPoint, norm: str, residual_scale: float | None, depth: int, chi: float, gain: float, q_in: float, verdict: str
 ) -> dict[str, Any]:
     """The question a user asks, answered in words: is this net trainable at this depth, and why.
 
@@ -765,13 +765,10 @@ def _answer(
         parts.append(f"Yes: at criticality xi_c is infinite, so depth {depth} is within the trainable depth")
     elif plain:
         why = "q grows without limit" if fp.phase == "unbounded" else f"the forward signal dies out (q* = {fp.q_star:.3g})"
-        parts.append(
-            f"No correlation depth scale answers this: {why}; the verdict from chi at depth {depth} is "
-            f"'{metrics_verdict_word(chi, depth)}'"
-        )
+        parts.append(f"No correlation depth scale answers this: {why}; the verdict from chi at depth {depth} is '{verdict}'")
     else:
         what = "normalization" if norm != "none" else "residual connections"
-        parts.append(f"No depth scale answers this with {what}; the verdict from chi is '{metrics_verdict_word(chi, depth)}'")
+        parts.append(f"No depth scale answers this with {what}; the verdict from chi is '{verdict}'")
     parts.append(f"the plain net's phase is {phase_words}")
     if math.isfinite(chi) and math.isfinite(gain) and gain > 0 and (chi - 1) * (gain - 1) < 0 and math.isfinite(fp.xi_q):
         parts.append(
@@ -780,10 +777,3 @@ def _answer(
             f"xi_q = {fp.xi_q:.3g} layers) and the per-layer factor is not yet chi"
         )
     return {"trainable": trainable, "phase_words": phase_words, "answer": "; ".join(parts) + "."}
-
-
-def metrics_verdict_word(chi: float, depth: int) -> str:
-    """The sweep's verdict for a predicted chi at `depth`."""
-    from decay import metrics
-
-    return metrics.verdict(chi if math.isfinite(chi) else None, depth)

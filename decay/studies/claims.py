@@ -135,12 +135,11 @@ class Runs:
         rows = self._train(cfgs)
         choice = stats.best_by_validation(rows, lambda r: tuple(r[n] for n in names))
         chosen = dict(zip(names, choice.value, strict=True))
-        edge = any(len(set(grid[n])) >= 2 and chosen[n] in (min(grid[n], key=_order), max(grid[n], key=_order)) for n in names)
+        edge = any(
+            len(set(grid[n])) >= 2 and chosen[n] in (min(grid[n], key=stats.grid_order), max(grid[n], key=stats.grid_order))
+            for n in names
+        )
         return Tuned(choice.rows, chosen, edge, rows)
-
-
-def _order(v: Any) -> float:
-    return -1.0 if v is None else float(v)
 
 
 def _key(c: RunConfig) -> str:
@@ -396,33 +395,24 @@ def c2_exploding(runs: Runs) -> Claim:
         "relu, weight_var 3 (chaotic init)": dict(activation="relu", depth=cfg.deep, weight_var=3.0),
         "relu + batchnorm": dict(activation="relu", norm="batchnorm", depth=cfg.deep),
     }
-    lines = [
-        [
-            "relu, He init (reference)",
-            _chosen(ref),
-            _range_str(ref.rows, lambda r: r["chi"]),
-            metrics.group_verdict(ref.rows),
-            _diverged(ref.rows),
-            trains(ref.rows),
-            _acc_str(ref.rows),
+
+    def line(label: str, t: Tuned) -> list[str]:
+        return [
+            label,
+            _chosen(t),
+            _range_str(t.rows, lambda r: r["chi"]),
+            metrics.group_verdict(t.rows),
+            _diverged(t.rows),
+            trains(t.rows),
+            _acc_str(t.rows),
         ]
-    ]
+
+    lines = [line("relu, He init (reference)", ref)]
     cases, groups = {}, {"tuned": {"relu He (reference)": ref.rows}}
     for name, over in nets.items():
         plain = runs.tuned(**over)
         clipped = runs.tuned({"clip_norm": cfg.clip_norms, "learning_rate": cfg.learning_rates}, **over)
-        for label, t in ((f"{name}, no clipping", plain), (f"{name}, clipping tuned", clipped)):
-            lines.append(
-                [
-                    label,
-                    _chosen(t),
-                    _range_str(t.rows, lambda r: r["chi"]),
-                    metrics.group_verdict(t.rows),
-                    _diverged(t.rows),
-                    trains(t.rows),
-                    _acc_str(t.rows),
-                ]
-            )
+        lines += [line(f"{name}, no clipping", plain), line(f"{name}, clipping tuned", clipped)]
         every_rate = all(r["diverged"] for r in plain.all_rows)
         exploding = metrics.group_verdict(plain.rows) == "exploding"
         cases[name] = (exploding, compare(plain.rows, ref.rows), every_rate, compare(clipped.rows, plain.rows))

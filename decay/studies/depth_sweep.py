@@ -16,7 +16,7 @@ from decay.validation import validate_sweep
 
 __all__ = ["Event", "run_sweep"]
 
-SWEPT = ("base.depth", "base.activation", "base.norm", "base.learning_rate", "base.seed")  # set per run, not compared on resume
+SWEPT = tuple(f"base.{k}" for k in report.SWEPT)  # set per run, not compared on resume
 
 
 def run_sweep(
