@@ -161,6 +161,8 @@ def _run_main(capsys, *args):
         (["--learning_rates=0.1,x"], "--learning_rates contains 'x'"),
         (["--learning_rates=0.1,0.1"], "--learning_rates lists 0.1 more than once"),
         (["--val_fraction=1"], "--val_fraction=1.0; must be in (0, 1)"),
+        (["--adam_eps=0"], "--adam_eps=0.0; must be > 0"),
+        (["--weight_decay=-1"], "--weight_decay=-1.0; must be >= 0"),
         (["--batch_size=0"], "--batch_size=0; must be an integer >= 1"),
         (["--batch_size=5000"], "--batch_size=5000 exceeds the 1150 training examples of --dataset=digits"),
         (["--dataset=mnist"], "--dataset=mnist reads local files: set --data_dir"),
