@@ -81,17 +81,18 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
             stats.update(next_batch_curvature(state, x_train, y_train, data_key))
         return stats
 
-    def eval_batch(params, batch_stats, x, y, mask):
+    def eval_batch(params, batch_stats, x, y):
         logits, _, _ = apply(net.graphdef, params, batch_stats, x, None, False)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
         # Per example: the sums are taken on the host in float64, so that they do not depend on
-        # how XLA vectorizes a reduction (which differed between runs mapped in one executable).
-        return jnp.where(mask, losses, 0.0), correct * mask
+        # how XLA vectorizes a reduction (which differed between runs mapped in one executable);
+        # there the padding of the last batch is left out (`split_results`).
+        return losses, correct
 
-    def eval_batches(state, x_batches, y_batches, masks):
+    def eval_batches(state, x_batches, y_batches):
         # Per-example (loss, hit) of one evaluation set, batchnorm in evaluation mode.
-        return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches, masks))
+        return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches))
 
     def curvatures(states, x_train, y_train, data_key, when):
         # The full tier's curvature of each of the stacked states (a leading axis of 2: the chunk's
@@ -234,27 +235,21 @@ def split_results(losses, correct, sizes: tuple[int, ...]) -> dict[str, tuple[fl
     return out
 
 
-def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An evaluation set as [batches, EVAL_BATCH] arrays on the host, the last batch padded and masked out."""
+def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray]:
+    """An evaluation set as [batches, EVAL_BATCH] arrays on the host, the last batch padded with zeros (examples
+    past the set's size, which `split_results` leaves out)."""
     n = x_test.shape[0]
     size = min(EVAL_BATCH, n)
     nb = -(-n // size)
     pad = nb * size - n
     x = np.concatenate([np.asarray(x_test), np.zeros((pad, *x_test.shape[1:]), x_test.dtype)])
     y = np.concatenate([np.asarray(y_test), np.zeros((pad,), y_test.dtype)])
-    mask = np.arange(nb * size) < n
-    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size), mask.reshape(nb, size)
+    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size)
 
 
 def eval_result(losses, correct, n: int) -> tuple[float, float]:
-    """(mean loss, accuracy) from per-example masked losses and hits, summed in float64."""
+    """(mean loss, accuracy) from per-example losses and hits, summed in float64."""
     return float(np.sum(np.asarray(losses, np.float64))) / n, float(np.sum(np.asarray(correct, np.float64))) / n
-
-
-def evaluate(prog: Program, state: TrainState, x_test, y_test) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, batchnorm in evaluation mode."""
-    losses, correct = _eval_per_example(prog, state, test_batches(np.asarray(x_test), np.asarray(y_test)))
-    return eval_result(losses, correct, x_test.shape[0])
 
 
 def evaluate_splits(prog: Program, state: TrainState, dataset: Dataset) -> dict[str, tuple[float, float]]:
@@ -263,5 +258,5 @@ def evaluate_splits(prog: Program, state: TrainState, dataset: Dataset) -> dict[
 
 
 def _eval_per_example(prog: Program, state: TrainState, batches) -> tuple[list, list]:
-    out = [prog.eval_batch(state.params, state.batch_stats, x, y, m) for x, y, m in zip(*batches, strict=True)]
+    out = [prog.eval_batch(state.params, state.batch_stats, x, y) for x, y in zip(*batches, strict=True)]
     return [o[0] for o in out], [o[1] for o in out]

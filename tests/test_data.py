@@ -77,6 +77,14 @@ def test_mnist_reads_idx_files(tmp_path):
     ds = data.load("mnist", str(tmp_path), 0)
     assert ds.x_train.shape == (4, 28, 28, 1) and ds.x_val.shape == (1, 28, 28, 1) and ds.x_test.shape == (2, 28, 28, 1)
     assert sorted([*ds.y_train.tolist(), *ds.y_val.tolist()]) == labels.tolist()
+    # Pixels: row-major 28x28 images, standardized with the training split's own mean and std
+    # (the labels 0..4 name the training images, so each row is traced back to its source).
+    raw_train = imgs[ds.y_train].astype(np.float64)
+    mean, std = raw_train.mean(), raw_train.std()
+    np.testing.assert_allclose(ds.x_train[..., 0], (raw_train - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.x_val[..., 0], (imgs[ds.y_val] - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.x_test[..., 0], (imgs[:2] - mean) / std, rtol=1e-5, atol=1e-5)
+    assert ds.y_test.tolist() == [0, 1]
 
 
 def test_mnist_missing_files_name_them(tmp_path):

@@ -18,6 +18,7 @@ from decay.loop import train_run
 from decay.program import init_state
 from decay.step import apply, curvature_trace, gradients, grads_and_stats, loss_fn
 from decay.studies.depth_sweep import run_sweep
+from tests import reference
 from tests.conftest import make_tiny_data, tiny_config
 from tests.shell import call, scratch, shell
 
@@ -85,7 +86,7 @@ def test_batchnorm_per_sample_contributions_sum_to_the_batch_gradient(tiny_data)
 
 @pytest.fixture(scope="module", params=["none", "batchnorm"])
 def tiny_hessian(request, tiny_data):
-    """(loss, params, family, exact Hessian in float64) of a depth-2 width-4 net on 16 examples; `request.param`: the norm."""
+    """(loss, params, family, exact Hessian in float64, norm) of a depth-2 width-4 net on 16 examples."""
     import jax.flatten_util
 
     cfg = tiny_config(depth=2, width=4, norm=request.param)
@@ -94,21 +95,56 @@ def tiny_hessian(request, tiny_data):
     loss = lambda p: loss_fn(prog.graphdef, p, None, state.batch_stats, x, y)[0]  # noqa: E731
     flat, unravel = jax.flatten_util.ravel_pytree(state.params)
     h = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat), np.float64)  # jit: one compile, not op by op
-    return loss, state.params, prog.net.family, h
+    return loss, state.params, prog.net.family, h, request.param
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian():
+    # With Rademacher probes v_i^2 = 1, so v^T D v = tr D for any diagonal D: one probe is exact, per block too.
+    # (Gaussian or uniform probes would scatter, or, uniform on [-1, 1], be biased by a factor 1/3.)
+    d = {"a": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([[0.5, -4.0], [7.0, 0.25]])}
+    loss = lambda p: 0.5 * sum(jnp.sum(d[k] * p[k] ** 2) for k in d)  # noqa: E731
+    params = jax.tree.map(jnp.ones_like, d)
+    blocks = lambda v, hv: jnp.stack([jnp.vdot(v[k], hv[k]) for k in ("a", "b")])  # noqa: E731
+    total, per_block = instruments.hutchinson(loss, params, jax.random.key(5), probes=3, layer_dot=blocks)
+    np.testing.assert_allclose(float(total), 6.0 + 3.75, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(per_block), [6.0, 3.75], rtol=1e-6)
 
 
 def test_hutchinson_trace_matches_the_exact_trace_within_its_error(tiny_hessian):
-    loss, params, family, h = tiny_hessian
-    probes = 400
+    import jax.flatten_util
+
+    loss, params, family, h, norm = tiny_hessian
+    probes = 2000
     est, layers = jax.jit(lambda p, k: curvature_trace(family, loss, p, k, probes))(params, jax.random.key(3))
     # Var(v^T H v) for Rademacher v is 2 * sum_{i != j} H_ij^2.
-    se = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / probes)
+    off = h - np.diag(np.diag(h))
+    se = np.sqrt(2 * np.sum(off**2) / probes)
     assert abs(float(est) - np.trace(h)) < 4 * se, (float(est), np.trace(h), se)
+    # Uniform probes on [-1, 1] would give a third of the trace: a miss by 2/3 of it, outside the bound.
+    assert 4 * se < 2 / 3 * abs(np.trace(h))
+    # Each hidden kernel's block: v_b^T (H v)_b has variance 2 sum_{i != j in b} H_ij^2 + sum_{i in b, j not in b} H_ij^2.
+    # Its indices in the flattened parameters (the Hessian's order): mark the kernel's entries with ones and flatten.
     assert layers.shape == (2,)
+    for l, path in enumerate((("stem", "linear", "kernel"), ("blocks", "layer", "linear", "kernel"))):
+        tree = nnx.to_pure_dict(jax.tree.map(jnp.zeros_like, params))
+        parent = tree
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = jnp.ones_like(parent[path[-1]])
+        marks = jax.tree.map(jnp.zeros_like, params)
+        nnx.replace_by_pure_dict(marks, tree)
+        idx = np.flatnonzero(np.asarray(jax.flatten_util.ravel_pytree(marks)[0]))
+        block = h[np.ix_(idx, idx)]
+        rest = np.delete(h[idx], idx, axis=1)
+        se_b = np.sqrt((2 * np.sum((block - np.diag(np.diag(block))) ** 2) + np.sum(rest**2)) / probes)
+        exact = np.trace(block)
+        assert abs(float(layers[l]) - exact) < 4 * se_b, (l, float(layers[l]), exact, se_b)
+        if norm == "none":  # there the bound is tight enough to matter for every block (batchnorm's blocks are noisier)
+            assert 4 * se_b < 2 / 3 * abs(exact), (l, exact, se_b)
 
 
 def test_power_iteration_finds_the_top_eigenvalue_of_the_exact_hessian(tiny_hessian):
-    loss, params, _, h = tiny_hessian
+    loss, params, _, h, _ = tiny_hessian
     top = np.linalg.eigvalsh(h)[-1]
     est = jax.jit(lambda p, k: instruments.top_eigenvalue(loss, p, k, iters=300))(params, jax.random.key(0))
     np.testing.assert_allclose(float(est), top, rtol=1e-2)
@@ -156,13 +192,20 @@ def test_dead_fraction_is_one_for_a_relu_layer_with_negative_bias_and_zero_weigh
 
 
 def test_distance_from_init_is_zero_at_init_and_matches_the_checkpoints(tiny_data, tmp_path):
-    cfg = tiny_config(instruments="standard", steps=6)
+    cfg = tiny_config(instruments="standard", steps=6, checkpoint_every=1, keep_checkpoints=10)
     row = train_run(cfg, tiny_data, run_dir=str(tmp_path))
     assert row["distance_init"] == [0.0] * cfg.depth
-    assert all(d > 0 for d in row["distance_final"])
-    run = analysis.load_run(str(tmp_path))
-    # The row's final distance is measured before the last update; the checkpoint holds the state after it.
-    np.testing.assert_allclose(analysis.distance_from_init(run), row["distance_final"], rtol=0.3)
+
+    def kernels(step):  # the hidden kernels saved at `step`, read straight from the checkpoint
+        params = nnx.to_pure_dict(analysis.load_run(str(tmp_path), step).params)
+        return [np.asarray(lay["linear"]["kernel"], np.float64) for lay in reference.mlp_layers(params)]
+
+    def by_hand(step):  # ||W(step) - W(0)||_F / ||W(0)||_F per layer
+        return [np.linalg.norm(w - w0) / np.linalg.norm(w0) for w, w0 in zip(kernels(step), kernels(0), strict=True)]
+
+    # The row's final distance is measured with the last step's statistics, before its update (at step 5).
+    np.testing.assert_allclose(row["distance_final"], by_hand(5), rtol=1e-5)
+    np.testing.assert_allclose(analysis.distance_from_init(analysis.load_run(str(tmp_path))), by_hand(6), rtol=1e-5)
     assert analysis.distance_from_init(analysis.load_run(str(tmp_path), 0)).tolist() == [0.0] * cfg.depth
 
 

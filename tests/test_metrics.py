@@ -54,6 +54,9 @@ def test_thresholds_at_their_exact_boundaries():
     at_low, at_high = 1e-2 ** (1 / (d - 1)), 1e2 ** (1 / (d - 1))
     assert metrics.verdict(at_low * (1 + 1e-9), d) == "stable" and metrics.verdict(at_low * (1 - 1e-6), d) == "vanishing"
     assert metrics.verdict(at_high * (1 - 1e-9), d) == "stable" and metrics.verdict(at_high * (1 + 1e-6), d) == "exploding"
+    # Exactly on a threshold (depth 2: the gain is chi itself, and log10 of 1e-2 and 1e2 is exact): stable.
+    assert metrics.verdict(1e-2, 2) == "stable" and metrics.verdict(1e2, 2) == "stable"
+    assert metrics.log_gain(1e-2, 2) == -2.0 and metrics.log_gain(1e2, 2) == 2.0
 
 
 def test_borderline_is_within_a_factor_two_of_a_threshold():

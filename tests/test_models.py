@@ -14,7 +14,7 @@ from decay.families import build
 from decay.layers import ACTIVATIONS, INITIALIZERS, NORMS
 from decay.optim import OPTIMIZERS
 from decay.program import init_state
-from decay.step import batch_indices, frobenius, gradients
+from decay.step import batch_indices, frobenius, gradients, train_step
 from tests.conftest import tiny_config
 
 
@@ -207,6 +207,22 @@ def test_halted_run_keeps_last_finite_parameters(tiny_data):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     later, _ = prog.train_chunk(new_state, x, y, jax.random.key(0), n_steps=2)
     for a, b in zip(jax.tree.leaves(later.params), jax.tree.leaves(new_state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_halted_run_stays_halted_after_a_finite_batch(tiny_data):
+    # A batch with an Inf input halts the run; a later finite batch must not move it again.
+    cfg = tiny_config(depth=3)
+    prog, state = init_state(cfg, tiny_data)
+    x, y = jnp.asarray(tiny_data.x_train[:16]), jnp.asarray(tiny_data.y_train[:16])
+    step_fn = jax.jit(lambda st, xb: train_step(prog.net, prog.tx, st, xb, y))
+    halted, stats = step_fn(state, x.at[0, 0, 0, 0].set(jnp.inf))
+    assert not bool(stats["finite"]) and bool(halted.halted) and int(halted.step) == 1
+    after, stats = step_fn(halted, x)
+    assert bool(stats["finite"]) and bool(after.halted)
+    for a, b in zip(
+        jax.tree.leaves((after.params, after.opt_state)), jax.tree.leaves((state.params, state.opt_state)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
