@@ -48,7 +48,7 @@ MUTANTS = [
             "tests/test_instruments.py::test_hutchinson_is_exact_for_a_diagonal_hessian",
             "tests/test_instruments.py::test_hutchinson_trace_matches_the_exact_trace_within_its_error",
         ),
-        "Hutchinson probes uniform on [-1, 1] instead of Rademacher (trace biased by 1/3)",
+        "Hutchinson probes uniform on [-1, 1] instead of Rademacher (expected trace a third of the true one)",
     ),
     M(
         "exploding_threshold_10",
