@@ -20,6 +20,8 @@ _LAZY = {
     "FIELDS": ("decay.row", "FIELDS"),
     "Family": ("decay.family", "Family"),
     "Runner": ("decay.runner", "Runner"),
+    "doctor": ("decay.studies.doctor", "doctor"),
+    "DoctorConfig": ("decay.config", "DoctorConfig"),
 }
 
 __all__ = sorted(_LAZY)

@@ -134,6 +134,18 @@ class SweepConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class DoctorConfig:
+    """The doctor's (decay.studies.doctor) one configuration, and the budget of its verification."""
+
+    base: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(depth=64, steps=200))
+    seeds: int = 3  # per side; intervals need >= 2
+    learning_rates: tuple[float, ...] = (0.01, 0.03, 0.1)  # each side tuned over them on validation
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base.to_json(), "seeds": self.seeds, "learning_rates": list(self.learning_rates)}
+
+
 def dumps(data: dict[str, Any]) -> str:
     """Stable, readable JSON for config files."""
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"

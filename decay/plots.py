@@ -478,6 +478,34 @@ def save(fig: Any, path: str) -> str:
     return path
 
 
+def doctor_profiles(doc: dict[str, Any]) -> Any:
+    """The doctor's figure: ||dL/dh_l|| / ||dL/dh_{L-1}|| at initialization per layer, before and after each proposal
+    (measured: median over seeds, solid; theory: dashed), log10 axis; the band is where the gain counts as fixed."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    d = doc["config"]["depth"]
+    x = np.arange(d)
+    ax.axhspan(-0.5, 0.5, color="0.9", zorder=0, label="first/last within 10^(+-1/2): squared gain in [1e-1, 1e1]")
+    sides = [("original (as given)", doc["diagnosis"])] + [
+        (f"{i}. {e['kind']}: {e['flags']}", e["measured"]) for i, e in enumerate(doc["proposals"], 1)
+    ]
+    for i, (label, m) in enumerate(sides):
+        color = "black" if i == 0 else ACT_COLORS(i - 1)
+        lg, masks = safe_log10(as_float_array(m["profile"]))
+        ax.plot(x, lg, color=color, lw=2.2 if i == 0 else 1.6, label=label)
+        mark_special(ax, x, masks, color)
+        if m.get("profile_theory"):
+            ax.plot(x, safe_log10(as_float_array(m["profile_theory"]))[0], color=color, ls="--", lw=1)
+    ax.plot([], [], color="gray", ls="--", lw=1, label="theory (mean field)")
+    ax.set_xlabel("hidden layer l (0 = nearest the input)")
+    ax.set_ylabel("log10 ||dL/dh_l|| / ||dL/dh_L-1||")
+    c = doc["config"]
+    ax.set_title(f"Doctor: {c['activation']}, norm {c['norm']}, depth {d}: backprop signal at initialization")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def all_figures(rows: Sequence[Row], out_dir: str) -> dict[str, list[str]]:
     """Every figure of a sweep into `out_dir`; returns {kind: [paths]}."""
     if not rows:

@@ -341,6 +341,22 @@ def fixed_point(activation: str, weight_var: float, bias_var: float = 0.0, q_in:
     )
 
 
+def critical_weight_var(activation: str, bias_var: float, lo: float = 0.1, hi: float = 10.0) -> float | None:
+    """The weight_var where chi_1 = 1 at this bias_var (Brent's method, to 1e-12), None when chi_1 - 1 keeps its sign
+    on [lo, hi]."""
+    from scipy.optimize import brentq
+
+    def f(w: float) -> float:
+        return float(chi1(activation, w, q_fixed_point(activation, w, bias_var))) - 1.0
+
+    a, b = f(lo), f(hi)
+    if a * b > 0:
+        return None
+    if a == 0 or b == 0:
+        return lo if a == 0 else hi
+    return float(brentq(f, lo, hi, xtol=1e-12, rtol=1e-12))
+
+
 # Closed forms (ReLU and linear), against which the numeric path is tested.
 
 

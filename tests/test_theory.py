@@ -67,11 +67,11 @@ def test_tanh_without_bias_is_critical_at_weight_var_one():
     below, above = theory.fixed_point("tanh", 0.9, 0.0), theory.fixed_point("tanh", 1.1, 0.0)
     assert below.phase == "ordered" and below.q_star == 0.0 and below.chi_1 == pytest.approx(0.9, rel=1e-10)
     assert above.phase == "chaotic" and above.q_star > 0 and above.c_star < 1
-    assert phase.critical_weight_var("tanh", 0.0) == pytest.approx(1.0, abs=1e-6)
+    assert theory.critical_weight_var("tanh", 0.0) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_tanh_critical_line_moves_right_with_bias_and_chi_is_one_there():
-    w = phase.critical_weight_var("tanh", 0.05)
+    w = theory.critical_weight_var("tanh", 0.05)
     assert 1.7 < w < 1.8  # Schoenholz et al. 2017, Fig. 1: ~1.76 at sigma_b^2 = 0.05
     assert float(theory.chi1("tanh", w, theory.q_fixed_point("tanh", w, 0.05))) == pytest.approx(1.0, abs=1e-9)
     assert theory.fixed_point("tanh", w, 0.05).xi_c > 100  # xi_c diverges at criticality

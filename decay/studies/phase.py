@@ -89,25 +89,6 @@ def xi_c_line(activation: str, weight_vars: np.ndarray, bias_var: float) -> dict
     }
 
 
-def critical_weight_var(activation: str, bias_var: float, lo: float = 0.1, hi: float = 10.0) -> float | None:
-    """The weight_var where chi_1 = 1 at this bias_var (bisection), None when chi_1 - 1 keeps its sign on [lo, hi]."""
-
-    def f(w: float) -> float:
-        return float(theory.chi1(activation, w, theory.q_fixed_point(activation, w, bias_var))) - 1.0
-
-    a, b = f(lo), f(hi)
-    if a * b > 0:
-        return None
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        fm = f(mid)
-        if (fm < 0) == (a < 0):
-            lo, a = mid, fm
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 def _key(c: RunConfig) -> str:
     return f"{float(c.weight_var)!r}/{c.depth}/{c.seed}"
 
@@ -140,7 +121,7 @@ def run(cfg: PhaseConfig, workdir: str, on_event: Callable[[Event], None] | None
         "config": new,
         "theory": theory_grid(act, tw, tb),
         "xi_c": xi_c_line(act, np.linspace(min(cfg.weight_vars), max(cfg.weight_vars), 61), cfg.bias_var),
-        "critical_weight_var": critical_weight_var(act, cfg.bias_var),
+        "critical_weight_var": theory.critical_weight_var(act, cfg.bias_var),
         "trainable_xi_multiple": TRAINABLE_XI,
         "accuracy": _accuracy_grid(cfg, rows),
         "chance": 1.0 / dataset.num_classes,

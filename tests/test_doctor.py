@@ -1,0 +1,131 @@
+"""The doctor: its proposals against theory computed here, its measurements, its outputs and its bad flags."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from decay import data, theory
+from decay.config import DoctorConfig, RunConfig
+from decay.studies import doctor
+from tests.shell import scratch, shell
+
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(120)  # E f(z), z ~ N(0, 1): sum(w f(x)) / sqrt(2 pi)
+
+
+def _gauss(values: np.ndarray) -> float:
+    """E f(z) from f at the nodes."""
+    return float(np.sum(_WEIGHTS * values) / math.sqrt(2 * math.pi))
+
+
+def _tanh_chi1(weight_var: float, bias_var: float) -> float:
+    """chi_1 = sigma_w^2 E[tanh'(sqrt(q*) z)^2] at the fixed point q* of q -> sigma_w^2 E[tanh(sqrt(q) z)^2] + sigma_b^2,
+    written here with NumPy's Gauss-Hermite rule and a plain iteration (no code of decay.theory)."""
+    q = 1.0
+    for _ in range(5000):
+        q = weight_var * _gauss(np.tanh(math.sqrt(q) * _NODES) ** 2) + bias_var
+    return weight_var * _gauss(1.0 / np.cosh(math.sqrt(q) * _NODES) ** 4)
+
+
+@pytest.fixture(scope="module")
+def digits_q():
+    ds = data.load("digits", None, 0)
+    return theory.input_q(ds.x_train)
+
+
+NOT_FIXED = "not verified: the measured gain is outside [1e-1, 1e1]"
+
+
+def _proposal(proposals, kind):
+    return next(p for p in proposals if p.kind == kind)
+
+
+def test_tanh_gets_a_point_of_the_critical_line_and_measures_chi_one_at_width_512(digits_q):
+    from decay.loop import train_run
+
+    base = RunConfig(depth=64, width=512, activation="tanh", norm="none", steps=0)
+    crit = _proposal(doctor.propose(base, *digits_q), "critical init")
+    wv, bv = dict(crit.changes)["weight_var"], dict(crit.changes)["bias_var"]
+    assert abs(_tanh_chi1(wv, bv) - 1.0) < 1e-6, (wv, bv)
+    assert crit.flags == f"--weight_var={wv:.6g} --bias_var={bv:g}"
+    row = train_run(crit.config, data.load("digits", None, 0))  # measured at initialization (steps 0)
+    assert row["chi"] == pytest.approx(1.0, abs=0.03)
+
+
+def test_relu_without_norm_gets_he_variance_and_zero_bias(digits_q):
+    proposals = doctor.propose(RunConfig(depth=64, activation="relu", init="lecun_normal", bias_var=0.1), *digits_q)
+    p = proposals[0]
+    assert p.kind == "critical init" and dict(p.changes) == {"weight_var": 2.0, "bias_var": 0.0}
+    assert p.flags == "--weight_var=2 --bias_var=0"
+    assert p.chi_theory == pytest.approx(1.0, abs=1e-9)
+
+
+def test_deep_batchnorm_without_skips_gets_a_proposal_that_removes_the_explosion(tmp_path):
+    base = RunConfig(depth=64, width=64, activation="relu", norm="batchnorm", steps=0)
+    doc = doctor.doctor(DoctorConfig(base=base, seeds=1, learning_rates=(0.01,)), str(tmp_path))
+    assert doc["diagnosis"]["verdict"] == "exploding" and not doc["nothing_to_fix"]
+    assert doc["diagnosis"]["words"][0].startswith("Gradients explode: measured chi = ")
+    chis = {e["flags"]: e["measured"]["chi"] for e in doc["proposals"]}
+    assert any(abs(c - 1.0) < 0.1 for c in chis.values()), chis
+    assert {e["kind"] for e in doc["proposals"]} >= {"residual", "norm"}
+    assert all(e["training"] is None and e["status"] in ("gradient fixed", NOT_FIXED) for e in doc["proposals"])
+    for name in ("doctor.md", "doctor.json", "doctor.png", "runs.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert json.loads((tmp_path / "doctor.json").read_text())["best"] == doc["best"]
+
+
+def test_a_critical_configuration_has_nothing_to_fix_and_still_gets_its_numbers(tmp_path):
+    base = RunConfig(depth=12, width=64, activation="relu", norm="none", init="he_normal", steps=30, eval_every=15)
+    doc = doctor.doctor(DoctorConfig(base=base, seeds=2, learning_rates=(0.05,)), str(tmp_path))
+    assert doc["nothing_to_fix"]
+    d = doc["diagnosis"]
+    assert 0.1 <= d["gain"] <= 10 and d["chi"] is not None and d["val_accuracy"]["n"] == 2
+    md = (tmp_path / "doctor.md").read_text()
+    assert "**Nothing to fix in the gradient**" in md and f"{d['chi']:.3f}" in md
+    # He init is already critical: no critical-init proposal; every proposal shown was trained and compared.
+    assert all(e["kind"] != "critical init" for e in doc["proposals"])
+    for e in doc["proposals"]:
+        assert e["training"] is not None and e["training"]["ci95"] is not None and "status" in e
+    # Resuming: the same call trains nothing and gives the same document.
+    before = (tmp_path / "runs.jsonl").read_text()
+    again = doctor.doctor(DoctorConfig(base=base, seeds=2, learning_rates=(0.05,)), str(tmp_path))
+    assert (tmp_path / "runs.jsonl").read_text() == before and json.dumps(again) == json.dumps(doc)
+
+
+_CLI = shell(
+    "experiments.doctor",
+    *["--activation=tanh", "--norm=batchnorm", "--depth=6", "--width=16", "--steps=20", "--eval_every=10"],
+    *["--seeds=2", "--learning_rates=0.03,0.3", f"--workdir={scratch('doctor_cli')}", "--compilation_cache="],
+    heavy=True,
+)
+
+
+@pytest.mark.background
+def test_doctor_command_prints_the_diagnosis_proposals_and_table():
+    out = _CLI()
+    assert out.returncode == 0, out.stderr
+    assert "Diagnosis" in out.stdout and "Proposals, ranked by theory" in out.stdout
+    assert "| original | (as given) |" in out.stdout and "| 1. " in out.stdout and "Wrote " in out.stdout
+    doc = json.loads((scratch("doctor_cli") / "doctor.json").read_text())
+    assert doc["settings"]["learning_rates"] == [0.03, 0.3] and doc["config"]["norm"] == "batchnorm"
+    assert len(doc["proposals"]) >= 1 and all(e["measured"]["learning_rate"] in (0.03, 0.3) for e in doc["proposals"])
+
+
+_BAD = [
+    (["--depth=1"], "--depth=1; the doctor needs depth >= 2"),
+    (["--learning_rates=0.1,x"], "--learning_rates contains 'x'"),
+    (["--seeds=0"], "--seeds=0; must be an integer >= 1"),
+    (["--activation=bogus"], "--activation='bogus' is unknown; allowed: linear, sigmoid"),
+    (["--weight_var=-1"], "--weight_var=-1.0; must be > 0"),
+]
+_BAD_RUNS = {tuple(a): shell("experiments.doctor", *a, f"--workdir={scratch('doctor_bad')}") for a, _ in _BAD}
+
+
+@pytest.mark.parametrize("args,needle", _BAD)
+def test_doctor_bad_flags_are_one_line(args, needle):
+    out = _BAD_RUNS[tuple(args)]()
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
