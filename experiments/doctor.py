@@ -68,6 +68,8 @@ def main(argv: list[str]) -> None:
     print("\nProposals, ranked by theory")
     for i, e in enumerate(doc["proposals"], 1):
         print(f"  {i}. {e['kind']}: {e['flags']}\n     {e['reason']}")
+    for e in doc["not_verified_here"]:
+        print(f"  (not run) {e['kind']}: {e['flags']}")
     print("\n" + doctor.table(doc))
     none = "No proposal to recommend: none fixes the gradient with a validation accuracy at least the original's."
     print(f"\nBest: {doc['best']}" if doc["best"] else f"\n{none}")

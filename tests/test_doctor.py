@@ -36,9 +36,6 @@ def digits_q():
     return theory.input_q(ds.x_train)
 
 
-NOT_FIXED = "not verified: the measured gain is outside [1e-1, 1e1]"
-
-
 def _proposal(proposals, kind):
     return next(p for p in proposals if p.kind == kind)
 
@@ -50,7 +47,6 @@ def test_tanh_gets_a_point_of_the_critical_line_and_measures_chi_one_at_width_51
     crit = _proposal(doctor.propose(base, *digits_q), "critical init")
     wv, bv = dict(crit.changes)["weight_var"], dict(crit.changes)["bias_var"]
     assert abs(_tanh_chi1(wv, bv) - 1.0) < 1e-6, (wv, bv)
-    assert crit.flags == f"--weight_var={wv:.6g} --bias_var={bv:g}"
     row = train_run(crit.config, data.load("digits", None, 0))  # measured at initialization (steps 0)
     assert row["chi"] == pytest.approx(1.0, abs=0.03)
 
@@ -59,7 +55,7 @@ def test_relu_without_norm_gets_he_variance_and_zero_bias(digits_q):
     proposals = doctor.propose(RunConfig(depth=64, activation="relu", init="lecun_normal", bias_var=0.1), *digits_q)
     p = proposals[0]
     assert p.kind == "critical init" and dict(p.changes) == {"weight_var": 2.0, "bias_var": 0.0}
-    assert p.flags == "--weight_var=2 --bias_var=0"
+    assert p.flags == "--weight_var=2 --bias_var=0"  # pasted back into the command line below
     assert p.chi_theory == pytest.approx(1.0, abs=1e-9)
 
 
@@ -71,10 +67,8 @@ def test_deep_batchnorm_without_skips_gets_a_proposal_that_removes_the_explosion
     chis = {e["flags"]: e["measured"]["chi"] for e in doc["proposals"]}
     assert any(abs(c - 1.0) < 0.1 for c in chis.values()), chis
     assert {e["kind"] for e in doc["proposals"]} >= {"residual", "norm"}
-    assert all(e["training"] is None and e["status"] in ("gradient fixed", NOT_FIXED) for e in doc["proposals"])
     for name in ("doctor.md", "doctor.json", "doctor.png", "runs.jsonl"):
         assert (tmp_path / name).stat().st_size > 0
-    assert json.loads((tmp_path / "doctor.json").read_text())["best"] == doc["best"]
 
 
 def test_a_critical_configuration_has_nothing_to_fix_and_still_gets_its_numbers(tmp_path):
@@ -83,16 +77,80 @@ def test_a_critical_configuration_has_nothing_to_fix_and_still_gets_its_numbers(
     assert doc["nothing_to_fix"]
     d = doc["diagnosis"]
     assert 0.1 <= d["gain"] <= 10 and d["chi"] is not None and d["val_accuracy"]["n"] == 2
-    md = (tmp_path / "doctor.md").read_text()
-    assert "**Nothing to fix in the gradient**" in md and f"{d['chi']:.3f}" in md
+    assert "**Nothing to fix in the gradient**" in (tmp_path / "doctor.md").read_text()
     # He init is already critical: no critical-init proposal; every proposal shown was trained and compared.
     assert all(e["kind"] != "critical init" for e in doc["proposals"])
     for e in doc["proposals"]:
-        assert e["training"] is not None and e["training"]["ci95"] is not None and "status" in e
+        assert e["training"]["ci95"] is not None  # two seeds with a spread: an interval
     # Resuming: the same call trains nothing and gives the same document.
     before = (tmp_path / "runs.jsonl").read_text()
     again = doctor.doctor(DoctorConfig(base=base, seeds=2, learning_rates=(0.05,)), str(tmp_path))
     assert (tmp_path / "runs.jsonl").read_text() == before and json.dumps(again) == json.dumps(doc)
+
+
+def _row(seed, lr, val, chi=1.0, depth=8, test=0.5):
+    return {"seed": seed, "learning_rate": lr, "val_accuracy": val, "val_loss": 1.0 - val, "test_accuracy": test,
+            "diverged": False, "trainability": "trains", "depth": depth, "steps": 10, "chi": chi,
+            "signal_norms_init": [1.0] * depth, "c_init": [0.1] * depth, "q_init": [1.0] * depth, "verdict": "stable",
+            "dead_fraction_init": [None] * depth}  # fmt: skip
+
+
+def test_measured_takes_each_side_at_its_rate_chosen_on_validation_and_init_numbers_per_seed():
+    # Two rates x three seeds; rate 0.1 wins on validation. Init numbers: each seed's first row (chi 0.9, 1.0, 1.1).
+    rows = [_row(s, lr, val, chi=[0.9, 1.0, 1.1][s]) for lr, val in ((0.01, 0.5), (0.1, 0.7)) for s in range(3)]
+    m = doctor.measured(rows)
+    assert m["learning_rate"] == 0.1 and m["val"].mean == pytest.approx(0.7) and m["chi"] == pytest.approx(1.0)
+    assert m["chi_seeds"] == (0.9, 1.1) and m["rate_at_edge"]
+
+
+def test_verification_claims_nothing_without_a_spread():
+    before = doctor.measured([_row(s, 0.1, 0.5) for s in range(2)])
+    same = doctor.measured([_row(s, 0.1, 0.6) for s in range(2)])  # +10 points, but no spread on either side
+    p = doctor.Proposal("residual", (("residual", True),), "", RunConfig(), 1.0)
+    e = doctor._verify(p, before, same)
+    assert e["gradient_fixed"] and e["status"] == "gradient fixed; validation accuracy no different"
+    assert "not compared" in e["training"]["words"]
+    before = doctor.measured([_row(0, 0.1, 0.50), _row(1, 0.1, 0.52)])
+    better = doctor._verify(p, before, doctor.measured([_row(0, 0.1, 0.80), _row(1, 0.1, 0.82)]))
+    assert better["status"] == "verified" and doctor._best([better], before) == "--residual=true"
+    bad = doctor._verify(p, before, doctor.measured([_row(0, 0.1, 0.20), _row(1, 0.1, 0.22)]))
+    assert bad["status"].endswith("worse") and doctor._best([bad], before) is None
+    far = doctor.measured([_row(s, 0.1, 0.9, chi=1.2) for s in range(2)])  # 1.2^7 = 3.6, inside [1e-1, 1e1]
+    assert doctor._verify(p, before, far)["gradient_fixed"]
+
+
+def test_extreme_gains_are_ranked_not_crashed(digits_q):
+    # log10 gains of about -300 and +600: beyond float range as numbers, fine as logs.
+    for cfg in (RunConfig(depth=400, activation="sigmoid"), RunConfig(depth=200, activation="relu", weight_var=100.0)):
+        proposals = doctor.propose(cfg, *digits_q)
+        assert proposals and all(p.lg_theory() is None or math.isfinite(p.lg_theory()) for p in proposals)
+    # At depth 6 the residual scale is not assumed to grow the gain: whatever is proposed is predicted within range.
+    for p in doctor.propose(RunConfig(depth=6, activation="sigmoid"), *digits_q):
+        if p.kind == "residual":
+            assert -1 <= p.lg_theory() <= 1
+
+
+def test_proposal_flags_parse_back_on_the_command_line(digits_q):
+    # Each proposal's flags, parsed by absl as the doctor's own run flags are defined, give the proposal's config.
+    import dataclasses
+
+    from absl import flags as absl_flags
+
+    kinds = {"str": absl_flags.DEFINE_string, "int": absl_flags.DEFINE_integer, "float": absl_flags.DEFINE_float}
+    kinds["bool"] = absl_flags.DEFINE_bool
+    cfg = RunConfig(depth=64, activation="tanh", weight_var=0.8, bias_var=0.05)
+    proposals = doctor.propose(cfg, *digits_q)
+    assert {p.kind for p in proposals} >= {"critical init", "residual", "activation"}
+    for p in proposals:
+        fv = absl_flags.FlagValues()
+        for f in dataclasses.fields(RunConfig):
+            kinds[str(f.type).replace(" | None", "")](f.name, None, "", flag_values=fv)
+        setting, _, removed = p.flags.partition(" (and remove ")
+        fv(["doctor", *setting.split()])
+        got = dataclasses.replace(cfg, **{f.name: fv[f.name].value for f in dataclasses.fields(RunConfig) if fv[f.name].present})
+        for name in removed.rstrip(")").replace(",", " ").split():
+            got = dataclasses.replace(got, **{name.lstrip("-"): None})
+        assert got == p.config, p.flags
 
 
 _CLI = shell(

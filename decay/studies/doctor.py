@@ -59,11 +59,16 @@ class Proposal:
 
     @property
     def flags(self) -> str:
-        """The flags to change: `--k=v`, or `--k=` (back to the default) where the value is None."""
-        return " ".join(f"--{k}={'' if v is None else _flag_value(v)}" for k, v in self.changes)
+        """The flags to set (`--k=v`), then those to remove (back to their default None) in words."""
+        text = " ".join(f"--{k}={_flag_value(v)}" for k, v in self.changes if v is not None)
+        drop = [f"--{k}" for k, v in self.changes if v is None]
+        return text + (f" (and remove {', '.join(drop)})" if drop else "")
 
     def gain_theory(self) -> float | None:
         return _gain(self.chi_theory, self.config.depth)
+
+    def lg_theory(self) -> float | None:
+        return _lg(self.chi_theory, self.config.depth)
 
 
 def _flag_value(v: Any) -> str:
@@ -72,14 +77,40 @@ def _flag_value(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def _gain(chi: float | None, depth: int) -> float | None:
+def _lg(chi: float | None, depth: int) -> float | None:
+    """log10 of the gain chi^(depth - 1); None without a positive chi."""
     if chi is None or not chi > 0 or depth < 2:
         return None
-    return metrics.clean(10 ** metrics.log_gain(chi, depth))
+    return metrics.log_gain(chi, depth)
+
+
+def _gain(chi: float | None, depth: int) -> float | None:
+    """chi^(depth - 1), None without a chi or beyond float range (|log10| > 300: see `_lg`)."""
+    lg = _lg(chi, depth)
+    return None if lg is None or abs(lg) > 300 else metrics.clean(10**lg)
+
+
+def _ok_lg(lg: float | None) -> bool:
+    return lg is not None and math.log10(GAIN_OK[0]) <= lg <= math.log10(GAIN_OK[1])
 
 
 def _in_ok(gain: float | None) -> bool:
     return gain is not None and GAIN_OK[0] <= gain <= GAIN_OK[1]
+
+
+def _fmt_gain(chi: float | None, depth: int) -> str:
+    lg = _lg(chi, depth)
+    if lg is None:
+        return "-"
+    return _sci(10**lg) if abs(lg) <= 300 else f"1e{lg:+.0f}"
+
+
+def gain_words(chi: float | None, depth: int) -> str:
+    """'vanishing' / 'exploding' / 'fine' by the doctor's own range GAIN_OK for the gain; 'no fit' without chi."""
+    lg = _lg(chi, depth)
+    if lg is None:
+        return "no fit"
+    return "vanishing" if lg < math.log10(GAIN_OK[0]) else "exploding" if lg > math.log10(GAIN_OK[1]) else "fine"
 
 
 def validate(cfg: DoctorConfig) -> None:
@@ -114,25 +145,33 @@ def _theory_chi(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> tuple[float | 
     return chi, ""
 
 
-def residual_scale_for(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> float:
+def residual_scale_for(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> float | None:
     """The residual branch scale alpha in [1e-3, 1] whose theory gain chi^(depth-1) (chi fitted to the predicted profile,
-    as the measurement is) is RESIDUAL_GAIN: 1 when alpha = 1 stays below it; 1/sqrt(depth) where no theory applies."""
+    as the measurement is) is RESIDUAL_GAIN: 1 when alpha = 1 stays below it; 1/sqrt(depth) where no theory applies;
+    None when no alpha in the range brings theory's gain into [1e-1, 1e1] (e.g. at small depth, where the fit includes
+    the stem and the gain need not grow with alpha)."""
 
-    def gain(alpha: float) -> float | None:
+    def lg(alpha: float) -> float | None:
         new = dataclasses.replace(cfg, residual=True, residual_scale=alpha)
-        return _gain(_theory_chi(new, q_in, fan_in)[0], cfg.depth)
+        return _lg(_theory_chi(new, q_in, fan_in)[0], cfg.depth)
 
-    top = gain(1.0)
+    target = math.log10(RESIDUAL_GAIN)
+    top, bottom = lg(1.0), lg(1e-3)
     if top is None:
         return float(f"{1 / math.sqrt(cfg.depth):.3g}")
-    if top <= RESIDUAL_GAIN:
+    if top <= target and _ok_lg(top):
         return 1.0
-    lo, hi = math.log(1e-3), 0.0  # bisection on log alpha
-    for _ in range(14):
-        mid = 0.5 * (lo + hi)
-        g = gain(math.exp(mid))
-        lo, hi = (mid, hi) if g is not None and g <= RESIDUAL_GAIN else (lo, mid)
-    return float(f"{math.exp(lo):.3g}")
+    if bottom is not None and bottom <= target < top:  # the gain grows with alpha here: bisection on log alpha
+        lo, hi = math.log(1e-3), 0.0
+        for _ in range(14):
+            mid = 0.5 * (lo + hi)
+            g = lg(math.exp(mid))
+            lo, hi = (mid, hi) if g is not None and g <= target else (lo, mid)
+        alpha = float(f"{math.exp(lo):.3g}")
+    else:  # otherwise the point of a log grid nearest the target
+        grid = [float(f"{a:.3g}") for a in np.geomspace(1e-3, 1.0, 25)]
+        alpha = min(grid, key=lambda a: abs((lg(a) if lg(a) is not None else math.inf) - target))
+    return alpha if _ok_lg(lg(alpha)) else None
 
 
 CRITICAL_BIAS_VARS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)  # points of the critical line the doctor compares
@@ -158,8 +197,10 @@ def best_critical_init(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> tuple[f
         point = critical_init(cfg.activation, b)
         if point is None:
             continue
-        g = _gain(_theory_chi(dataclasses.replace(cfg, weight_var=point[0], bias_var=point[1]), q_in, fan_in)[0], cfg.depth)
-        score = abs(math.log10(g)) if g else math.inf
+        g = _lg(_theory_chi(dataclasses.replace(cfg, weight_var=point[0], bias_var=point[1]), q_in, fan_in)[0], cfg.depth)
+        if not _ok_lg(g):  # a point of the critical line whose finite-depth gain theory puts outside [1e-1, 1e1]
+            continue
+        score = abs(g)
         if best is None or score < best[0] - 1e-3:
             best = (score, point)
     return None if best is None else best[1]
@@ -192,12 +233,15 @@ def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
                     f"{cfg.depth} layers is nearest 1"
                 )
             add("critical init", why, weight_var=wv, bias_var=bv)
-    if not cfg.residual or not _in_ok(_gain(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)):
+    alpha = None
+    if not cfg.residual or not _ok_lg(_lg(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)):
         alpha = residual_scale_for(cfg, q_in, fan_in)
+    if alpha is not None:
+        chi_a = _theory_chi(dataclasses.replace(cfg, residual=True, residual_scale=alpha), q_in, fan_in)[0]
         why = (
             f"skip connections h + alpha f(h): each block multiplies the squared gradient by 1 + alpha^2 x (its branch's "
-            f"factor) instead of the factor alone; alpha = {alpha:g} keeps the product over {cfg.depth} layers near "
-            f"{RESIDUAL_GAIN:g}"
+            f"factor) instead of the factor alone; at alpha = {alpha:g} theory's gain over {cfg.depth} layers is "
+            f"{_fmt_gain(chi_a, cfg.depth)}"
         )
         if cfg.norm == "batchnorm":
             why += "; without skips batchnorm's gradient explodes with depth (Yang et al. 2019)"
@@ -228,17 +272,13 @@ def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
         )
 
     # A change that theory predicts to leave [1e-1, 1e1] and to be worse than the configuration as given is not proposed.
-    own = _gain(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)
+    own = _lg(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)
     if own is not None:
-        out = [
-            p
-            for p in out
-            if p.gain_theory() is None or _in_ok(p.gain_theory()) or abs(math.log10(p.gain_theory())) <= abs(math.log10(own))
-        ]
+        out = [p for p in out if p.lg_theory() is None or _ok_lg(p.lg_theory()) or abs(p.lg_theory()) <= abs(own)]
 
     def rank(p: Proposal) -> tuple:
-        g = p.gain_theory()
-        return (round(abs(math.log10(g)), 1) if g else math.inf, KIND_ORDER[p.kind])
+        g = p.lg_theory()
+        return (round(abs(g), 1) if g is not None else math.inf, KIND_ORDER[p.kind])
 
     return sorted(out, key=rank)
 
@@ -276,6 +316,7 @@ def measured(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "chi": chi,
         "chi_seeds": _spread(chis),
         "gain": _gain(chi, depth),
+        "log10_gain": _lg(chi, depth),
         "first_over_last": _median([metrics.first_over_last(r) for r in init]),
         "c_last": _median([(r.get("c_init") or [None])[-1] for r in init]),
         "q_drift": _median([_q_drift(r) for r in init]),
@@ -293,6 +334,7 @@ def measured(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             rate_at_edge=choice.at_edge,
             val_accuracies=[r["val_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows],
             val=stats.mean_std_ci([r["val_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows], (0.0, 1.0)),
+            test=stats.mean_std_ci([r["test_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows], (0.0, 1.0)),
             trainability=[r["trainability"] for r in choice.rows],
             diverged=sum(bool(r["diverged"]) for r in choice.rows),
         )
@@ -317,28 +359,30 @@ def _sci(x: float | None) -> str:
     return f"{x:.2g}" if 1e-2 <= abs(x) < 1e3 else f"{x:.1e}"
 
 
-def diagnosis_words(cfg: RunConfig, m: dict[str, Any]) -> list[str]:
-    """What goes wrong and where, in plain sentences, from the measured numbers and theory."""
+def diagnosis_words(cfg: RunConfig, m: dict[str, Any], fan_in: int) -> list[str]:
+    """What goes wrong and where, in plain sentences, from the measured numbers and theory (`fan_in`: the stem's inputs)."""
     d = cfg.depth
     lines = []
-    gain, chi = m["gain"], m["chi"]
+    chi = m["chi"]
     lo, hi = m["chi_seeds"]
     seeds = f" [seeds {lo:.3f} to {hi:.3f}]" if lo is not None and hi > lo else ""
     if chi is None:
         lines.append(f"No per-layer factor could be fitted: the backprop signal is {m['verdict']} (zeros or non-finite values).")
     else:
-        what = {"vanishing": "Gradients vanish", "exploding": "Gradients explode"}.get(m["verdict"], "Gradients are stable")
+        what = {"vanishing": "Gradients vanish", "exploding": "Gradients explode"}.get(
+            gain_words(chi, d), "The gradient reaches the first layer within a factor 10 (squared)"
+        )
         lines.append(
             f"{what}: measured chi = {chi:.3f} per layer{seeds}; over the {d - 1} layer maps from the last hidden layer back "
-            f"to the first the squared backprop signal is multiplied by chi^{d - 1} = {_sci(gain)} "
+            f"to the first the squared backprop signal is multiplied by chi^{d - 1} = {_fmt_gain(chi, d)} "
             f"(||dL/dh_0|| / ||dL/dh_{d - 1}|| = {_sci(m['first_over_last'])})."
         )
     where = _where(m["profile"])
     if where:
         lines.append(where)
-    fp = theory.plain_fixed_point(cfg, 64) if cfg.norm == "none" and not cfg.residual else None
+    fp = theory.plain_fixed_point(cfg, fan_in)
     if m["chi_theory"] is not None:
-        text = f"Theory ({m['theory']}): chi = {m['chi_theory']:.3f}, chi^{d - 1} = {_sci(_gain(m['chi_theory'], d))}"
+        text = f"Theory ({m['theory']}): chi = {m['chi_theory']:.3f}, chi^{d - 1} = {_fmt_gain(m['chi_theory'], d)}"
         if fp is not None and math.isfinite(fp.xi_grad) and fp.xi_grad != 0:
             scale = abs(fp.xi_grad)
             text += f"; {fp.phase} phase, gradients {'shrink' if fp.xi_grad > 0 else 'grow'} by e every {scale:.3g} layers"
@@ -364,7 +408,7 @@ def diagnosis_words(cfg: RunConfig, m: dict[str, Any]) -> list[str]:
         )
         if fails:
             text += f"; training fails (loss within 10% of chance, or diverged) in {fails} of {len(m['trainability'])} seeds"
-            if _in_ok(gain):
+            if _ok_lg(m["log10_gain"]):
                 text += ", so here the gradient's decay is not what stops it"
         lines.append(text + ".")
     return lines
@@ -377,9 +421,10 @@ def _where(profile: Sequence[float | None]) -> str | None:
     for l in range(last, -1, -1):
         if np.isfinite(p[l]) and (p[l] < 0.1 or p[l] > 10):
             kind = "less than a tenth of" if p[l] < 0.1 else "more than ten times"
+            at0 = f"; at layer 0 it is {_sci(p[0])} times it" if l > 0 and np.isfinite(p[0]) else ""
             return (
-                f"From layer {l} down ({last - l} layers below the top) the backprop signal is {kind} the last hidden "
-                f"layer's; at layer 0 it is {_sci(p[0])} times it."
+                f"Going down from the top, the backprop signal first becomes {kind} the last hidden layer's at layer {l} "
+                f"({last - l} layers below the top){at0}."
             )
     return None
 
@@ -404,7 +449,14 @@ def doctor(
         dataclasses.replace(c, learning_rate=lr, seed=s) for c in sides for lr in cfg.learning_rates for s in range(cfg.seeds)
     ]
     runner = Runner(
-        workdir, cfg.to_json(), base, rows_file="runs.jsonl", key=_key, row_key=lambda r: r.get("_key"), command=command
+        workdir,
+        cfg.to_json(),
+        base,
+        rows_file="runs.jsonl",
+        key=_key,
+        row_key=lambda r: r.get("_key"),
+        command=command,
+        ignore=("base.learning_rate", "base.seed"),  # set per run from learning_rates and seeds
     )
     rows = runner.run(runs, on_event, transform=lambda c, r: {**r, "_key": _key(c)})
     n = len(cfg.learning_rates) * cfg.seeds
@@ -413,11 +465,11 @@ def doctor(
     for i, p in enumerate(chosen, 1):
         after = measured(rows[i * n : (i + 1) * n])
         entries.append(_verify(p, before, after))
-    nothing = _in_ok(before["gain"]) and (before["q_drift"] is None or 1e-2 <= before["q_drift"] <= 1e2)
+    nothing = _ok_lg(before["log10_gain"]) and (before["q_drift"] is None or 1e-2 <= before["q_drift"] <= 1e2)
     doc = {
         "config": base.to_json(),
         "settings": cfg.to_json(),
-        "diagnosis": {**_jsonable(before), "words": diagnosis_words(base, before)},
+        "diagnosis": {**_jsonable(before), "words": diagnosis_words(base, before, fan_in)},
         "nothing_to_fix": nothing,
         "proposals": entries,
         "not_verified_here": [_proposal_json(p) for p in plan[MAX_PROPOSALS:]],
@@ -435,35 +487,43 @@ def _proposal_json(p: Proposal) -> dict[str, Any]:
         "reason": p.reason,
         "chi_theory": metrics.clean(p.chi_theory),
         "gain_theory": p.gain_theory(),
+        "log10_gain_theory": p.lg_theory(),
         "theory_note": p.theory_note,
     }
 
 
 def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
     out = dict(m)
-    if "val" in out:
-        s = out.pop("val")
-        out["val_accuracy"] = {"mean": s.mean, "std": s.std, "ci95": [s.lo, s.hi], "n": s.n}
+    for key, name in (("val", "val_accuracy"), ("test", "test_accuracy")):
+        if key in out:
+            s = out.pop(key)
+            out[name] = {"mean": s.mean, "std": s.std, "ci95": [s.lo, s.hi], "n": s.n}
     out["chi_seeds"] = list(out["chi_seeds"])
     return out
 
 
 def _verify(p: Proposal, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    fixed = _in_ok(after["gain"])
+    fixed = _ok_lg(after["log10_gain"])
     entry = {**_proposal_json(p), "measured": _jsonable(after), "gradient_fixed": fixed}
     if "val" not in after:
         entry["training"] = None
         entry["status"] = "gradient fixed" if fixed else "not verified: the measured gain is outside [1e-1, 1e1]"
         return entry
     a, b = after["val_accuracies"], before["val_accuracies"]
-    if len(a) >= 2 and len(b) >= 2:
-        d = stats.welch(a, b)
+    d = stats.welch(a, b) if len(a) >= 2 and len(b) >= 2 else None
+    if d is not None and d.df is not None:  # a spread on at least one side: an interval
         entry["training"] = {"difference": d.diff, "ci95": [d.lo, d.hi], "significant": d.significant, "words": d.words()}
         better, worse = d.significant and d.diff > 0, d.significant and d.diff < 0
-    else:
+    else:  # one seed, or no spread on either side: no interval, so no claim either way
         diff = float(np.mean(a) - np.mean(b))
-        entry["training"] = {"difference": diff, "ci95": None, "significant": None, "words": f"{100 * diff:+.1f} points (1 seed)"}
-        better, worse = diff > 0, diff < 0
+        why = "one seed" if d is None else "no spread over seeds"
+        entry["training"] = {
+            "difference": diff,
+            "ci95": None,
+            "significant": None,
+            "words": f"{100 * diff:+.1f} points ({why}: not compared)",
+        }
+        better = worse = False
     if not fixed:
         entry["status"] = "not verified: the measured gain is outside [1e-1, 1e1]"
     elif better:
@@ -500,28 +560,30 @@ def table(doc: dict[str, Any]) -> str:
     """The before/after table (markdown)."""
     lines = [
         "| | change | chi^(L-1) theory | chi^(L-1) measured [seeds] | first/last | c last | lr | val acc (mean ± std [95% CI]) "
-        "| vs original | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| vs original | status | test acc (reported, not used) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     d = doc["config"]["depth"]
 
-    def row(label, flags, gain_t, m, vs, status):
+    def row(label, flags, chi_t, m, vs, status):
         lo, hi = m["chi_seeds"]
-        spread = f" [{_sci(_gain(lo, d))}, {_sci(_gain(hi, d))}]" if lo is not None and hi is not None and hi > lo else ""
+        spread = f" [{_fmt_gain(lo, d)}, {_fmt_gain(hi, d)}]" if lo is not None and hi is not None and hi > lo else ""
         val = m.get("val_accuracy")
         acc = "-" if not val else stats.Summary(val["n"], val["mean"], val["std"], *val["ci95"]).fmt(100, ".1f", "%")
         lr = "-" if m.get("learning_rate") is None else f"{m['learning_rate']:g}" + (" (edge)" if m.get("rate_at_edge") else "")
         c_last = "-" if m["c_last"] is None else f"{m['c_last']:.3f}"
+        tv = m.get("test_accuracy")
+        test = "-" if not tv else stats.Summary(tv["n"], tv["mean"], tv["std"], *tv["ci95"]).fmt(100, ".1f", "%")
         lines.append(
-            f"| {label} | {flags} | {_sci(gain_t)} | {_sci(m['gain'])}{spread} | {_sci(m['first_over_last'])} "
-            f"| {c_last} | {lr} | {acc} | {vs} | {status} |"
+            f"| {label} | {flags} | {_fmt_gain(chi_t, d)} | {_fmt_gain(m['chi'], d)}{spread} | {_sci(m['first_over_last'])} "
+            f"| {c_last} | {lr} | {acc} | {vs} | {status} | {test} |"
         )
 
     diag = doc["diagnosis"]
-    row("original", "(as given)", _gain(diag["chi_theory"], d), diag, "", "nothing to fix" if doc["nothing_to_fix"] else "")
+    row("original", "(as given)", diag["chi_theory"], diag, "", "nothing to fix" if doc["nothing_to_fix"] else "")
     for i, e in enumerate(doc["proposals"], 1):
         vs = "-" if not e["training"] else e["training"]["words"]
-        row(f"{i}. {e['kind']}", f"`{e['flags']}`", e["gain_theory"], e["measured"], vs, e["status"])
+        row(f"{i}. {e['kind']}", f"`{e['flags']}`", e["chi_theory"], e["measured"], vs, e["status"])
     return "\n".join(lines)
 
 
@@ -555,7 +617,8 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append("None applies to this configuration.")
     for i, e in enumerate(doc["proposals"], 1):
         note = f" ({e['theory_note']})" if e["theory_note"] else ""
-        out.append(f"{i}. **{e['kind']}** `{e['flags']}`: {e['reason']}. Theory: chi^(L-1) = {_sci(e['gain_theory'])}{note}.")
+        gain = _fmt_gain(e["chi_theory"], c["depth"])
+        out.append(f"{i}. **{e['kind']}** `{e['flags']}`: {e['reason']}. Theory: chi^(L-1) = {gain}{note}.")
     for e in doc["not_verified_here"]:
         out.append(f"- (not run) {e['kind']} `{e['flags']}`: {e['reason']}.")
     out += [
@@ -566,8 +629,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "chi^(L-1): the squared backprop signal's gain from the last hidden layer to the first (median over seeds, the seeds' "
         "range in brackets); fixed when within [1e-1, 1e1]. first/last: ||dL/dh_0|| / ||dL/dh_{L-1}|| at initialization. "
-        "c last: mean cosine between examples at the last layer. vs original: difference in validation accuracy with its "
-        "95% Welch interval; inside the interval is no difference. (edge): the chosen rate is the grid's smallest or largest.",
+        "The gain comes from chi fitted to the middle half of the layers (depth >= 8), so a first layer that differs (the "
+        "stem) shows in first/last, not in the gain. c last: mean cosine between examples at the last layer. vs original: "
+        "difference in validation accuracy with its 95% Welch interval; inside the interval is no difference. The same "
+        "validation numbers chose each side's rate (both sides alike), so the test accuracy at that rate is reported beside "
+        "them; it takes no part in any choice. (edge): the chosen rate is the grid's smallest or largest.",
         "",
         f"**Best**: `{doc['best']}`"
         if doc["best"]
