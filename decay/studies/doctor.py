@@ -141,7 +141,7 @@ def _theory_chi(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> tuple[float | 
     chi = theory.predict(cfg, q_in, fan_in)["chi_theory"]
     if chi is None and cfg.norm == "batchnorm" and cfg.residual:
         chi = theory.predict(dataclasses.replace(cfg, norm="layernorm"), q_in, fan_in)["chi_theory"]
-        return chi, "layernorm's residual theory (batchnorm's batch coupling not modeled)"
+        return chi, "layernorm's residual theory; batchnorm's batch coupling is not modeled"
     return chi, ""
 
 
