@@ -22,15 +22,13 @@ import time
 import numpy as np
 from absl import app, flags
 
+from decay.studies import doctor
+
 _OUT = flags.DEFINE_string("out", "docs/doctor", "Folder of the per-configuration workdirs and the summary.")
 _ACTS = flags.DEFINE_list("activations", ["sigmoid", "tanh", "relu"], "Activations.")
 _NORMS = flags.DEFINE_list("norms", ["none", "batchnorm", "layernorm"], "Norms.")
 _DEPTH = flags.DEFINE_integer("depth", 64, "Depth of every configuration.")
 _REWRITE = flags.DEFINE_bool("rewrite", False, "Only rewrite summary.md from summary.json (no run).")
-
-
-def _sci(x) -> str:
-    return "-" if x is None else f"{x:.2g}" if 1e-2 <= abs(x) < 1e3 else f"{x:.1e}"
 
 
 def _acc(m) -> str:
@@ -40,23 +38,18 @@ def _acc(m) -> str:
     return f"{100 * v['mean']:.1f}" + ("" if v["std"] is None else f" ± {100 * v['std']:.1f}")
 
 
-def _words(lg) -> str:
-    """The doctor's reading of the gain's log10: outside [1e-1, 1e1] it vanishes or explodes."""
-    return "no fit" if lg is None else "vanishing" if lg < -1 else "exploding" if lg > 1 else "within [1e-1, 1e1]"
-
-
 def _entry(act: str, norm: str, workdir: str, wall: float) -> dict:
     """One configuration's line of the summary, from its doctor.json."""
     doc = json.load(open(os.path.join(workdir, "doctor.json")))
     best = next((e for e in doc["proposals"] if e["flags"] == doc["best"]), None)
     fixed = bool(best and best["gradient_fixed"])
-    outside = not (0.1 <= (doc["diagnosis"]["gain"] or 0.0) <= 10.0)  # the gain needed fixing
+    outside = not doctor.lg_in_range(doc["diagnosis"]["log10_gain"])  # the gain needed fixing
     better = bool(best and best["training"] and best["training"]["significant"] and best["training"]["difference"] > 0)
     return {
         "activation": act,
         "norm": norm,
         "wall_s": round(wall, 1),
-        "verdict": _words(doc["diagnosis"]["log10_gain"]),
+        "verdict": doctor.lg_words(doc["diagnosis"]["log10_gain"]),
         "gain_before": doc["diagnosis"]["gain"],
         "val_before": _acc(doc["diagnosis"]),
         "nothing_to_fix": doc["nothing_to_fix"],
@@ -122,8 +115,8 @@ def main(argv: list[str]) -> None:
         fix = "; nothing to fix" if e["nothing_to_fix"] else ""
         best = f"{e['best_kind']}: `{e['best']}`" if e["best"] else "none recommended"
         lines.append(
-            f"| {e['activation']}, {e['norm']} | {e['verdict']}{fix} | {_sci(e['gain_before'])} | {e['val_before']} "
-            f"| {best} | {_sci(e['gain_after'])} | {e['val_after']} | {e['difference']} "
+            f"| {e['activation']}, {e['norm']} | {e['verdict']}{fix} | {doctor.fmt_sci(e['gain_before'])} | {e['val_before']} "
+            f"| {best} | {doctor.fmt_sci(e['gain_after'])} | {e['val_after']} | {e['difference']} "
             f"| {'yes' if e['fixed'] else 'no'} | {'yes' if e['better'] else 'no'} | {e['wall_s']:.0f} s |"
         )
     outside = [e for e in entries if e["outside_before"]]

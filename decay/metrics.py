@@ -151,7 +151,8 @@ def _fmt_sci(x: float | None) -> str:
     return f"{x:.1e}"
 
 
-def _median(values) -> float | None:
+def median_finite(values) -> float | None:
+    """Median of the finite values, None without any."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     return float(np.median(v)) if v else None
 
@@ -179,7 +180,7 @@ def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
     net is shallower than 8 layers (the fit takes every layer, before q settles).
     """
     chis = [r["chi"] for r in rows if r.get("chi") is not None]
-    theory = _median([r.get("chi_theory") for r in rows])
+    theory = median_finite([r.get("chi_theory") for r in rows])
     if not chis or theory is None:
         return None
     lo, hi = min(chis), max(chis)
@@ -200,13 +201,13 @@ def theory_note(rows: Sequence[dict[str, Any]]) -> str | None:
             f"the seeds' forward signals disagree (q last/first from {min(q_ratios):.1e} to {max(q_ratios):.1e}: "
             "at finite width q random-walks where the variance map is near-neutral)"
         )
-    q_star = _median([r.get("q_star_theory") for r in rows])
-    q_last = _median([q[-1] for q in qs])
+    q_star = median_finite([r.get("q_star_theory") for r in rows])
+    q_last = median_finite([q[-1] for q in qs])
     if q_star is not None and q_last is not None and abs(math.log10((q_last + 1e-3) / (q_star + 1e-3))) > 1:
         reasons.append(f"q has not reached theory's fixed point (last layer q {q_last:.3g} against q* = {q_star:.3g})")
     if hi / lo > SEEDS_DISAGREE:
         reasons.append(f"the seeds disagree (chi {lo:.3g} to {hi:.3g}: finite width {rows[0]['width']})")
-    slope = _median([r.get("q_slope_theory") for r in rows])
+    slope = median_finite([r.get("q_slope_theory") for r in rows])
     if slope is not None and slope >= 0.9:
         over = "never settles (neutral variance map)" if slope >= 1 - 1e-9 else f"settles over ~{-1 / math.log(slope):.0f} layers"
         reasons.append(f"q {over}, so the layers are not at the fixed point theory assumes")
@@ -236,8 +237,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         r0 = rs[0]
         model, depth, act, norm, residual = r0["model"], r0["depth"], r0["activation"], r0["norm"], r0["residual"]
         chis = [r["chi"] for r in rs if r["chi"] is not None]
-        chi_med = _median(chis)
-        chi_theory = _median([r.get("chi_theory") for r in rs])
+        chi_med = median_finite(chis)
+        chi_theory = median_finite([r.get("chi_theory") for r in rs])
         # A diverged run has no accuracy: it counts 0 in the means.
         test = stats.mean_std_ci([0.0 if r["test_accuracy"] is None else r["test_accuracy"] for r in rs], (0.0, 1.0))
         val = stats.mean_std_ci([0.0 if r.get("val_accuracy") is None else r["val_accuracy"] for r in rs], (0.0, 1.0))
@@ -261,9 +262,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "chi_theory": chi_theory,
                 "chi_ratio": chi_med / chi_theory if chi_med is not None and chi_theory else None,
                 "theory_note": theory_note(rs),
-                "first_over_last": _median(map(first_over_last, rs)),
-                "kernel_first_over_last": _median([_ratio(r["grad_norms_init"]) for r in rs]),
-                "update_first_over_last": _median([_ratio(r.get("update_ratio_final")) for r in rs]),
+                "first_over_last": median_finite(map(first_over_last, rs)),
+                "kernel_first_over_last": median_finite([_ratio(r["grad_norms_init"]) for r in rs]),
+                "update_first_over_last": median_finite([_ratio(r.get("update_ratio_final")) for r in rs]),
                 "verdict": group_verdict(rs),
                 "borderline": borderline(chi_med, depth),
                 "trainability": _most_common([r.get("trainability", "-") for r in rs]),

@@ -101,6 +101,17 @@ def check_benchmark_config(cfg, **counts: int) -> None:
         fail(str(e))
 
 
+def parse_list(flag: str, values: list[str], kind: type, what: str) -> list:
+    """The comma-list flag's values as `kind`; one line naming the flag for a value that is not one."""
+    out = []
+    for v in values:
+        try:
+            out.append(kind(v))
+        except ValueError:
+            fail(f"--{flag} contains {v!r}; give a comma list of {what}")
+    return out
+
+
 def fmt_time(seconds: float | None) -> str:
     """m:ss, or ? when unknown."""
     if seconds is None:

@@ -22,7 +22,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from decay.config import DEFAULT_LEARNING_RATES, SweepConfig
-from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, run_config
+from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, parse_list, run_config
 
 _D = SweepConfig()  # the grid's defaults
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
@@ -101,17 +101,6 @@ class Progress:
             self.runs.close()
 
 
-def _parse_list(flag: str, values: list[str], kind: type, what: str) -> list:
-    """The comma-list flag's values as `kind`; one line naming the flag for a value that is not one."""
-    out = []
-    for v in values:
-        try:
-            out.append(kind(v))
-        except ValueError:
-            fail(f"--{flag} contains {v!r}; give a comma list of {what}")
-    return out
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; all settings are --flags (see --helpshort)")
@@ -120,8 +109,8 @@ def main(argv: list[str]) -> None:
     from decay import ConfigError, run_sweep
     from decay.metrics import summary_table
 
-    depths = _parse_list("depths", _DEPTHS.value, int, "integers >= 1, e.g. 2,4,8")
-    lrs = _parse_list("learning_rates", _LRS.value, float, "numbers > 0, e.g. 0.01,0.05,0.25")
+    depths = parse_list("depths", _DEPTHS.value, int, "integers >= 1, e.g. 2,4,8")
+    lrs = parse_list("learning_rates", _LRS.value, float, "numbers > 0, e.g. 0.01,0.05,0.25")
     base = run_config(_RUN, learning_rate=lrs[0] if lrs else SweepConfig().base.learning_rate)
     cfg = SweepConfig(
         base=base,

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from decay.config import DoctorConfig
-from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, run_config
+from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, parse_list, run_config
 
 _D = DoctorConfig()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/doctor-<timestamp>.")
@@ -36,12 +36,7 @@ def main(argv: list[str]) -> None:
     from decay import ConfigError
     from decay.studies import doctor
 
-    lrs = []
-    for v in _LRS.value:
-        try:
-            lrs.append(float(v))
-        except ValueError:
-            fail(f"--learning_rates contains {v!r}; give a comma list of numbers > 0, e.g. 0.01,0.1")
+    lrs = parse_list("learning_rates", _LRS.value, float, "numbers > 0, e.g. 0.01,0.1")
     base = run_config(_RUN, learning_rate=lrs[0] if lrs else 0.01)
     cfg = DoctorConfig(base=base, seeds=_SEEDS.value, learning_rates=tuple(lrs))
     try:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from decay import data as data_lib
 from decay import families, metrics, results, stats, theory
 from decay.config import DoctorConfig, RunConfig, SweepConfig, dumps
 from decay.errors import ConfigError
@@ -90,27 +89,26 @@ def _gain(chi: float | None, depth: int) -> float | None:
     return None if lg is None or abs(lg) > 300 else metrics.clean(10**lg)
 
 
-def _ok_lg(lg: float | None) -> bool:
+def lg_in_range(lg: float | None) -> bool:
+    """Whether a gain's log10 lies within GAIN_OK (the doctor's "fixed")."""
     return lg is not None and math.log10(GAIN_OK[0]) <= lg <= math.log10(GAIN_OK[1])
-
-
-def _in_ok(gain: float | None) -> bool:
-    return gain is not None and GAIN_OK[0] <= gain <= GAIN_OK[1]
 
 
 def _fmt_gain(chi: float | None, depth: int) -> str:
     lg = _lg(chi, depth)
     if lg is None:
         return "-"
-    return _sci(10**lg) if abs(lg) <= 300 else f"1e{lg:+.0f}"
+    return fmt_sci(10**lg) if abs(lg) <= 300 else f"1e{lg:+.0f}"
 
 
-def gain_words(chi: float | None, depth: int) -> str:
-    """'vanishing' / 'exploding' / 'fine' by the doctor's own range GAIN_OK for the gain; 'no fit' without chi."""
-    lg = _lg(chi, depth)
+def lg_words(lg: float | None) -> str:
+    """'vanishing' / 'exploding' / 'within [1e-1, 1e1]' for a gain's log10 by the doctor's own range GAIN_OK; 'no fit'
+    without one."""
     if lg is None:
         return "no fit"
-    return "vanishing" if lg < math.log10(GAIN_OK[0]) else "exploding" if lg > math.log10(GAIN_OK[1]) else "fine"
+    if lg_in_range(lg):
+        return "within [1e-1, 1e1]"
+    return "vanishing" if lg < 0 else "exploding"
 
 
 def validate(cfg: DoctorConfig) -> None:
@@ -159,7 +157,7 @@ def residual_scale_for(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> float |
     top, bottom = lg(1.0), lg(1e-3)
     if top is None:
         return float(f"{1 / math.sqrt(cfg.depth):.3g}")
-    if top <= target and _ok_lg(top):
+    if top <= target and lg_in_range(top):
         return 1.0
     if bottom is not None and bottom <= target < top:  # the gain grows with alpha here: bisection on log alpha
         lo, hi = math.log(1e-3), 0.0
@@ -169,9 +167,9 @@ def residual_scale_for(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> float |
             lo, hi = (mid, hi) if g is not None and g <= target else (lo, mid)
         alpha = float(f"{math.exp(lo):.3g}")
     else:  # otherwise the point of a log grid nearest the target
-        grid = [float(f"{a:.3g}") for a in np.geomspace(1e-3, 1.0, 25)]
-        alpha = min(grid, key=lambda a: abs((lg(a) if lg(a) is not None else math.inf) - target))
-    return alpha if _ok_lg(lg(alpha)) else None
+        grid = {float(f"{a:.3g}"): lg(a) for a in np.geomspace(1e-3, 1.0, 25)}
+        alpha = min(grid, key=lambda a: abs((grid[a] if grid[a] is not None else math.inf) - target))
+    return alpha if lg_in_range(lg(alpha)) else None
 
 
 CRITICAL_BIAS_VARS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)  # points of the critical line the doctor compares
@@ -198,7 +196,7 @@ def best_critical_init(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> tuple[f
         if point is None:
             continue
         g = _lg(_theory_chi(dataclasses.replace(cfg, weight_var=point[0], bias_var=point[1]), q_in, fan_in)[0], cfg.depth)
-        if not _ok_lg(g):  # a point of the critical line whose finite-depth gain theory puts outside [1e-1, 1e1]
+        if not lg_in_range(g):  # a point of the critical line whose finite-depth gain theory puts outside [1e-1, 1e1]
             continue
         score = abs(g)
         if best is None or score < best[0] - 1e-3:
@@ -209,6 +207,7 @@ def best_critical_init(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> tuple[f
 def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
     """Every proposal that applies to `cfg`, ranked: theory's |log10 gain| (unknown last), then KIND_ORDER."""
     out: list[Proposal] = []
+    own = _lg(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)  # theory's gain of the configuration as given
 
     def add(kind: str, reason: str, **changes: Any) -> None:
         new = dataclasses.replace(cfg, **changes)
@@ -234,7 +233,7 @@ def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
                 )
             add("critical init", why, weight_var=wv, bias_var=bv)
     alpha = None
-    if not cfg.residual or not _ok_lg(_lg(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)):
+    if not cfg.residual or not lg_in_range(own):
         alpha = residual_scale_for(cfg, q_in, fan_in)
     if alpha is not None:
         chi_a = _theory_chi(dataclasses.replace(cfg, residual=True, residual_scale=alpha), q_in, fan_in)[0]
@@ -272,9 +271,8 @@ def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
         )
 
     # A change that theory predicts to leave [1e-1, 1e1] and to be worse than the configuration as given is not proposed.
-    own = _lg(_theory_chi(cfg, q_in, fan_in)[0], cfg.depth)
     if own is not None:
-        out = [p for p in out if p.lg_theory() is None or _ok_lg(p.lg_theory()) or abs(p.lg_theory()) <= abs(own)]
+        out = [p for p in out if p.lg_theory() is None or lg_in_range(p.lg_theory()) or abs(p.lg_theory()) <= abs(own)]
 
     def rank(p: Proposal) -> tuple:
         g = p.lg_theory()
@@ -288,11 +286,6 @@ def propose(cfg: RunConfig, q_in: np.ndarray, fan_in: int) -> list[Proposal]:
 
 def _key(c: RunConfig) -> str:
     return dumps(c.to_json())
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.median(v)) if v else None
 
 
 def _spread(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -311,16 +304,16 @@ def measured(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     chis = [r["chi"] for r in init]
     profiles = [np.asarray([np.nan if v is None else v for v in r["signal_norms_init"]], np.float64) for r in init]
     ratios = [p / p[-1] if p[-1] > 0 else np.full_like(p, np.nan) for p in profiles]
-    chi = _median(chis)
+    chi = metrics.median_finite(chis)
     out = {
         "chi": chi,
         "chi_seeds": _spread(chis),
         "gain": _gain(chi, depth),
         "log10_gain": _lg(chi, depth),
-        "first_over_last": _median([metrics.first_over_last(r) for r in init]),
-        "c_last": _median([(r.get("c_init") or [None])[-1] for r in init]),
-        "q_drift": _median([_q_drift(r) for r in init]),
-        "dead_last": _median([(r.get("dead_fraction_init") or [None])[-1] for r in init]),
+        "first_over_last": metrics.median_finite([metrics.first_over_last(r) for r in init]),
+        "c_last": metrics.median_finite([(r.get("c_init") or [None])[-1] for r in init]),
+        "q_drift": metrics.median_finite([_q_drift(r) for r in init]),
+        "dead_last": metrics.median_finite([(r.get("dead_fraction_init") or [None])[-1] for r in init]),
         "chi_theory": init[0].get("chi_theory"),
         "theory": init[0].get("theory"),
         "profile": [metrics.clean(v) for v in np.nanmedian(np.stack(ratios), axis=0)],
@@ -329,11 +322,12 @@ def measured(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if rows[0]["steps"] > 0:
         choice = stats.best_by_validation(rows, lambda r: r["learning_rate"])
+        vals = [r["val_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows]  # a diverged run counts 0
         out.update(
             learning_rate=choice.value,
             rate_at_edge=choice.at_edge,
-            val_accuracies=[r["val_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows],
-            val=stats.mean_std_ci([r["val_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows], (0.0, 1.0)),
+            val_accuracies=vals,
+            val=stats.mean_std_ci(vals, (0.0, 1.0)),
             test=stats.mean_std_ci([r["test_accuracy"] if not r["diverged"] else 0.0 for r in choice.rows], (0.0, 1.0)),
             trainability=[r["trainability"] for r in choice.rows],
             diverged=sum(bool(r["diverged"]) for r in choice.rows),
@@ -351,7 +345,8 @@ def _q_drift(r: dict[str, Any]) -> float | None:
 # ---- words ----
 
 
-def _sci(x: float | None) -> str:
+def fmt_sci(x: float | None) -> str:
+    """A number in 2 significant digits (scientific outside [1e-2, 1e3)); '-' for None, '0 (underflow)' for 0."""
     if x is None:
         return "-"
     if x == 0:
@@ -370,12 +365,12 @@ def diagnosis_words(cfg: RunConfig, m: dict[str, Any], fan_in: int) -> list[str]
         lines.append(f"No per-layer factor could be fitted: the backprop signal is {m['verdict']} (zeros or non-finite values).")
     else:
         what = {"vanishing": "Gradients vanish", "exploding": "Gradients explode"}.get(
-            gain_words(chi, d), "The gradient reaches the first layer within a factor 10 (squared)"
+            lg_words(_lg(chi, d)), "The gradient reaches the first layer within a factor 10 (squared)"
         )
         lines.append(
             f"{what}: measured chi = {chi:.3f} per layer{seeds}; over the {d - 1} layer maps from the last hidden layer back "
             f"to the first the squared backprop signal is multiplied by chi^{d - 1} = {_fmt_gain(chi, d)} "
-            f"(||dL/dh_0|| / ||dL/dh_{d - 1}|| = {_sci(m['first_over_last'])})."
+            f"(||dL/dh_0|| / ||dL/dh_{d - 1}|| = {fmt_sci(m['first_over_last'])})."
         )
     where = _where(m["profile"])
     if where:
@@ -389,9 +384,9 @@ def diagnosis_words(cfg: RunConfig, m: dict[str, Any], fan_in: int) -> list[str]
         lines.append(text + ".")
     qd = m["q_drift"]
     if qd is not None and qd < 1e-2:
-        lines.append(f"The forward signal collapses too: q at the last layer is {_sci(qd)} of the first layer's.")
+        lines.append(f"The forward signal collapses too: q at the last layer is {fmt_sci(qd)} of the first layer's.")
     elif qd is not None and qd > 1e2:
-        lines.append(f"The forward signal explodes too: q at the last layer is {_sci(qd)} times the first layer's.")
+        lines.append(f"The forward signal explodes too: q at the last layer is {fmt_sci(qd)} times the first layer's.")
     if m["c_last"] is not None and m["c_last"] > C_ALIKE:
         lines.append(
             f"At the last layer different inputs look alike (c = {m['c_last']:.3f}, the mean cosine between examples): "
@@ -408,7 +403,7 @@ def diagnosis_words(cfg: RunConfig, m: dict[str, Any], fan_in: int) -> list[str]
         )
         if fails:
             text += f"; training fails (loss within 10% of chance, or diverged) in {fails} of {len(m['trainability'])} seeds"
-            if _ok_lg(m["log10_gain"]):
+            if lg_in_range(m["log10_gain"]):
                 text += ", so here the gradient's decay is not what stops it"
         lines.append(text + ".")
     return lines
@@ -421,7 +416,7 @@ def _where(profile: Sequence[float | None]) -> str | None:
     for l in range(last, -1, -1):
         if np.isfinite(p[l]) and (p[l] < 0.1 or p[l] > 10):
             kind = "less than a tenth of" if p[l] < 0.1 else "more than ten times"
-            at0 = f"; at layer 0 it is {_sci(p[0])} times it" if l > 0 and np.isfinite(p[0]) else ""
+            at0 = f"; at layer 0 it is {fmt_sci(p[0])} times it" if l > 0 and np.isfinite(p[0]) else ""
             return (
                 f"Going down from the top, the backprop signal first becomes {kind} the last hidden layer's at layer {l} "
                 f"({last - l} layers below the top){at0}."
@@ -440,14 +435,6 @@ def doctor(
         cfg = DoctorConfig(base=cfg)
     validate(cfg)
     base = cfg.base
-    dataset = data_lib.load(base.dataset, base.data_dir, base.data_seed, base.val_fraction)
-    q_in, fan_in = theory.input_q(dataset.x_train)
-    plan = propose(base, q_in, fan_in)
-    chosen = plan[:MAX_PROPOSALS]
-    sides = [base] + [p.config for p in chosen]
-    runs = [
-        dataclasses.replace(c, learning_rate=lr, seed=s) for c in sides for lr in cfg.learning_rates for s in range(cfg.seeds)
-    ]
     runner = Runner(
         workdir,
         cfg.to_json(),
@@ -458,6 +445,13 @@ def doctor(
         command=command,
         ignore=("base.learning_rate", "base.seed"),  # set per run from learning_rates and seeds
     )
+    q_in, fan_in = theory.input_q(runner.dataset.x_train)  # the dataset the runner loaded for training
+    plan = propose(base, q_in, fan_in)
+    chosen = plan[:MAX_PROPOSALS]
+    sides = [base] + [p.config for p in chosen]
+    runs = [
+        dataclasses.replace(c, learning_rate=lr, seed=s) for c in sides for lr in cfg.learning_rates for s in range(cfg.seeds)
+    ]
     rows = runner.run(runs, on_event, transform=lambda c, r: {**r, "_key": _key(c)})
     n = len(cfg.learning_rates) * cfg.seeds
     before = measured(rows[:n])
@@ -465,7 +459,7 @@ def doctor(
     for i, p in enumerate(chosen, 1):
         after = measured(rows[i * n : (i + 1) * n])
         entries.append(_verify(p, before, after))
-    nothing = _ok_lg(before["log10_gain"]) and (before["q_drift"] is None or 1e-2 <= before["q_drift"] <= 1e2)
+    nothing = lg_in_range(before["log10_gain"]) and (before["q_drift"] is None or 1e-2 <= before["q_drift"] <= 1e2)
     doc = {
         "config": base.to_json(),
         "settings": cfg.to_json(),
@@ -503,7 +497,7 @@ def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _verify(p: Proposal, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    fixed = _ok_lg(after["log10_gain"])
+    fixed = lg_in_range(after["log10_gain"])
     entry = {**_proposal_json(p), "measured": _jsonable(after), "gradient_fixed": fixed}
     if "val" not in after:
         entry["training"] = None
@@ -575,7 +569,7 @@ def table(doc: dict[str, Any]) -> str:
         tv = m.get("test_accuracy")
         test = "-" if not tv else stats.Summary(tv["n"], tv["mean"], tv["std"], *tv["ci95"]).fmt(100, ".1f", "%")
         lines.append(
-            f"| {label} | {flags} | {_fmt_gain(chi_t, d)} | {_fmt_gain(m['chi'], d)}{spread} | {_sci(m['first_over_last'])} "
+            f"| {label} | {flags} | {_fmt_gain(chi_t, d)} | {_fmt_gain(m['chi'], d)}{spread} | {fmt_sci(m['first_over_last'])} "
             f"| {c_last} | {lr} | {acc} | {vs} | {status} | {test} |"
         )
 
