@@ -22,6 +22,10 @@ _LAZY = {
     "Runner": ("decay.runner", "Runner"),
     "doctor": ("decay.studies.doctor", "doctor"),
     "DoctorConfig": ("decay.config", "DoctorConfig"),
+    "watch": ("decay.watcher", "watch"),
+    "Watch": ("decay.watcher", "Watch"),
+    "WatchLog": ("decay.watchlog", "WatchLog"),
+    "diagnose": ("decay.watchlog", "diagnose"),
 }
 
 __all__ = sorted(_LAZY)

@@ -40,12 +40,18 @@ class LoadedRun:
     available_steps: list[int]
 
 
-def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
+def load_run(run_dir: str, step: int | None = None, model: nnx.Module | None = None):
     """Reopens `run_dir` (a folder with config.json and checkpoints/) at `step` (default: the latest).
 
+    A watched model's run (`decay.watchlog`) needs `model`, an instance of the user's class (e.g. from
+    `nnx.eval_shape`), to restore into and returns a `decay.watchlog.WatchedRun`; a sweep run returns a LoadedRun.
     Reads only JSON and Orbax files. Raises ConfigError with one line naming the path when
     the folder, its config or the checkpoint is missing, partial, corrupt or mismatched.
     """
+    from decay import watchlog
+
+    if watchlog.is_watched(run_dir):
+        return watchlog.load(run_dir, model, step)
     cfg, input_shape, num_classes = checkpoints.read_config(run_dir)
     prog, template = program.init_state(cfg, input_shape=input_shape, num_classes=num_classes)
     ckpt_dir = os.path.join(run_dir, "checkpoints")

@@ -34,13 +34,14 @@ def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options, item_handlers=handlers)
 
 
-def save(ckpt_dir: str, step: int, state: Any, data_key: jax.Array, progress: dict[str, Any], keep: int) -> None:
-    """Saves `state` (a pytree), the data key and `progress` as checkpoint `step`.
+def save(ckpt_dir: str, step: int, state: Any, data_key: jax.Array | None, progress: dict[str, Any], keep: int) -> None:
+    """Saves `state` (a pytree), the data key (None: a watched model's, which has none) and `progress` as checkpoint `step`.
 
     Keeps the newest `keep` checkpoints and step 0 (initialization), deletes the rest.
     """
     arrays = _flat(state)
-    arrays["['data_key']"] = np.asarray(jax.random.key_data(data_key))
+    if data_key is not None:
+        arrays["['data_key']"] = np.asarray(jax.random.key_data(data_key))
     with _manager(ckpt_dir) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
@@ -63,7 +64,7 @@ def steps(ckpt_dir: str) -> list[int]:
 def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any, jax.Array, dict[str, Any], int]:
     """Restores checkpoint `step` (default: the latest) into the structure of `template`.
 
-    Returns (state, data_key, progress, step). Raises ConfigError, one line naming the path,
+    Returns (state, data_key or None, progress, step). Raises ConfigError, one line naming the path,
     when the checkpoint is missing, incomplete, corrupt or does not match the template.
     """
     available = steps(ckpt_dir)
@@ -95,7 +96,8 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
                     if tuple(saved[k].shape) != v.shape:
                         raise ConfigError(f"{path}: {k} has shape {tuple(saved[k].shape)}, the config's model needs {v.shape}")
             target = dict(expected)
-            target["['data_key']"] = np.zeros((2,), np.uint32)
+            if saved is None or "['data_key']" in saved:
+                target["['data_key']"] = np.zeros((2,), np.uint32)
             out = mngr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore())
             )
@@ -107,7 +109,7 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
     arrays = out["state"]
     restored = [np.asarray(arrays[k]).astype(v.dtype) for k, v in expected.items()]
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), restored)
-    data_key = jax.random.wrap_key_data(np.asarray(arrays["['data_key']"], np.uint32))
+    data_key = jax.random.wrap_key_data(np.asarray(arrays["['data_key']"], np.uint32)) if "['data_key']" in arrays else None
     return state, data_key, out["progress"], step
 
 

@@ -691,3 +691,63 @@ def instrument_figures(rows: Sequence[Row], out_dir: str) -> list[str]:
     if any(r.get("hessian_top_final") is not None for r in rows):
         paths.append(save(edge_of_stability(rows), os.path.join(out_dir, "instrument_hessian_top.png")))
     return paths
+
+
+def _by_kind(names: Sequence[str]) -> tuple[dict[str, list[int]], int]:
+    """Entries grouped by kind (decay.watcher.pattern), and the longest kind's length."""
+    from decay.watcher import pattern
+
+    kinds: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        kinds.setdefault(pattern(n), []).append(i)
+    return kinds, max((len(v) for v in kinds.values()), default=1)
+
+
+def _kind_panel(ax, names: Sequence[str], series: dict[str, Sequence[Any]], ylabel: str, only_matrices: bool) -> None:
+    """One line per kind of entry across its layers; single entries as markers at the input (left) or output (right)."""
+    kinds, n = _by_kind(names)
+    if only_matrices:
+        kept = {k: v for k, v in kinds.items() if k.replace("[*]", "").endswith(("kernel", "embedding"))}
+        kinds = kept or kinds
+        n = max((len(v) for v in kinds.values()), default=1)
+    stacked = [i for v in kinds.values() if len(v) > 1 for i in v]
+    first = min(stacked, default=0)
+    styles = {"init": "-", "final": "--"}
+    for c, (kind, members) in enumerate(kinds.items()):
+        color = ACT_COLORS(c % 10)
+        for k, (when, values) in enumerate(series.items()):
+            y, specials = safe_log10([values[i] if i < len(values) else None for i in members])
+            if len(members) > 1:
+                x = np.arange(len(members))
+            else:
+                x = np.array([-1.0 if members[0] < first else float(n)])
+            ax.plot(x, y, ls=styles[when], marker="o", ms=3, lw=1.2, color=color, label=kind if k == 0 else None)
+            mark_special(ax, x, specials, color)
+    ax.set_xlabel("layer within the kind  (single entries: left of 0 = input side, right = output side)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=1 + len(kinds) // 8)
+
+
+def watch_figure(row: Row) -> Any:
+    """The gradient-flow figure of a watched model: per kind of probe point, log10 ||dL/dh|| and RMS(h) across its
+    layers at the first (solid) and last (dashed) recorded step; per kind of weight matrix log10 ||dL/dW|| and the
+    last update ratio."""
+    points, params = row["points"], row["params"]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9), layout="constrained")
+    both = lambda key: {w: row.get(f"{key}_{w}") or [] for w in ("init", "final")}  # noqa: E731
+    _kind_panel(axes[0, 0], points, both("signal_norms"), "log10 ||dL/dh||  (backprop signal at the probe points)", False)
+    _kind_panel(axes[1, 0], points, both("act_rms"), "log10 RMS(h)  (forward signal at the probe points)", False)
+    _kind_panel(axes[0, 1], params, both("grad_norms"), "log10 ||dL/dW||  (weight matrices)", True)
+    _kind_panel(
+        axes[1, 1], params, {"final": row.get("update_ratio_final") or []}, "log10 ||delta W|| / ||W||  (last update)", True
+    )
+    chi = row.get("chi")
+    chi_text = "n/a" if chi is None else f"{chi:.3g}"
+    fig.suptitle(
+        f"Gradient flow of {row['model'].split('.')[-1]} ({row['name']}): {row['verdict']}, chi {chi_text} per point "
+        f"along {row.get('chi_along', 'the points')}\nsolid: first recorded step, dashed: last finite step "
+        f"({row['steps']} recorded steps)",
+        fontsize=11,
+    )
+    return fig

@@ -20,6 +20,7 @@ from decay import families, instruments, metrics, theory
 from decay.config import RunConfig
 from decay.data import Dataset
 from decay.layers import resolve_init
+from decay.watcher import main_stack
 
 Row = dict[str, Any]  # one results.jsonl line; keys and meanings in FIELDS
 
@@ -149,6 +150,93 @@ def keys_for(tier: str, with_per_sample: bool = True) -> tuple[str, ...]:
     return tuple(
         f.name for f in FIELDS if instruments.tier_at_least(tier, f.tier) and (with_per_sample or f.name not in per_sample)
     )
+
+
+# The row of a watched user model (`decay.watcher`, `decay.watchlog`): the sweep row's keys where they apply,
+# per probe point or per parameter entry instead of per hidden layer, and the names of both.
+WATCH_FIELDS: tuple[Field, ...] = (
+    _F("name", "str", "basic", "the watched run's name"),
+    _F("kind", "str", "basic", "'watch': a user's model measured by decay.watch"),
+    _F("model", "str", "basic", "the model's class, module.qualname"),
+    _F("points", "list[str]", "basic", "probe point names in forward order ('[i]': layer i of a scanned stack)"),
+    _F("params", "list[str]", "basic", "parameter entries in forward order ('[i]': layer i of a stacked parameter)"),
+    _F("depth", "int", "basic", "probe points"),
+    _F("steps", "int", "basic", "steps recorded"),
+    _F("instruments", "str", "basic", "the instrument tier of the watch"),
+    _F("final_loss", "float | null", "basic", "mean training loss of the last 10 finite recorded steps"),
+    _F("diverged", "bool", "basic", "the loss or a gradient entry became NaN or Inf"),
+    _F("diverged_at_step", "int | null", "basic", "the first recorded step whose loss or gradient was not finite"),
+    _F(
+        "chi_along", "str", "basic", "the kind of point chi is fitted along (decay.watcher.main_stack), e.g. 'blocks.residual[*]'"
+    ),
+    _F("chi", "float | null", "basic", "per-point factor of the squared backprop signal along chi_along, first recorded step"),
+    _F("verdict", "str", "basic", "vanishing, exploding or stable, from chi^(n-1), n the points chi is fitted along"),
+    _F("verdict_borderline", "bool", "basic", "chi^(n-1) within a factor 2 of a verdict threshold"),
+    _F("signal_norms_init", "list[float]", "basic", "per point ||dL/dh_p|| at the first recorded step"),
+    _F("signal_norms_final", "list[float]", "basic", "per point ||dL/dh_p|| at the last finite recorded step"),
+    _F("act_rms_init", "list[float]", "basic", "per point RMS of the value there, first recorded step"),
+    _F("act_rms_final", "list[float]", "basic", "per point RMS at the last finite recorded step"),
+    _F("grad_norms_init", "list[float]", "basic", "per parameter entry ||dL/dW||, first recorded step"),
+    _F("grad_norms_final", "list[float]", "basic", "per parameter entry ||dL/dW||, last finite recorded step"),
+    _F("weight_norms_init", "list[float]", "basic", "per parameter entry ||W||, first recorded step"),
+    _F("weight_norms_final", "list[float]", "basic", "per parameter entry ||W||, last finite recorded step"),
+    _F("update_ratio_final", "list[float | null]", "basic", "per parameter entry ||delta W|| / ||W||, last finite step"),
+    _F("q_init", "list[float]", "standard", "per point mean of h^2, first recorded step"),
+    _F("q_final", "list[float]", "standard", "per point q, last finite recorded step"),
+    _F("c_init", "list[float | null]", "standard", "per point mean pairwise cosine across the batch, first recorded step"),
+    _F("c_final", "list[float | null]", "standard", "per point c, last finite recorded step"),
+    _F("dead_fraction_init", "list[float | null]", "standard", "per point fraction of units <= 0 on every example, first step"),
+    _F("dead_fraction_final", "list[float | null]", "standard", "per point dead fraction, last finite recorded step"),
+    _F(
+        "curvature", "list[dict]", "full", "every curvature measurement: {step, hessian_top, hessian_trace, hessian_trace_layers}"
+    ),
+    _F("loss_history", "list[[int, float]]", "basic", "[step, training loss] of every recorded step"),
+    _F("wall_time_s", "float", "basic", "wall time from the first to the last recorded step"),
+)
+WATCH_NAMES = tuple(f.name for f in WATCH_FIELDS)
+
+
+def build_watch(meta: dict[str, Any], record: RunRecord, steps: int, wall_time_s: float) -> Row:
+    """The results row of a watched model from its metadata (name, model, points, params, instruments) and host record."""
+    init_stats = _stats_from_json(record.init_stats) or {}
+    last_stats = _stats_from_json(record.last_stats) or init_stats
+    along, indices = main_stack(list(meta["points"]))
+    signal = np.asarray(init_stats.get("signal_norms", np.zeros(len(meta["points"]))))[indices]
+    chi = metrics.fit_chi(signal)
+    points = len(meta["points"])
+    row: Row = {
+        "name": meta["name"],
+        "kind": "watch",
+        "model": meta["model"],
+        "points": list(meta["points"]),
+        "params": list(meta["params"]),
+        "depth": points,
+        "steps": steps,
+        "instruments": meta["instruments"],
+        "final_loss": metrics.clean(np.mean(record.recent_losses)) if record.recent_losses else None,
+        "diverged": record.diverged_at is not None,
+        "diverged_at_step": record.diverged_at,
+        "chi_along": along,
+        "chi": metrics.clean(chi),
+        "verdict": metrics.verdict(chi, len(indices), signal),
+        "verdict_borderline": metrics.borderline(chi, len(indices)),
+    }
+    for key in ("signal_norms", "act_rms", "grad_norms", "weight_norms"):
+        row[f"{key}_init"] = _to_list(init_stats.get(key, []))
+        row[f"{key}_final"] = _to_list(last_stats.get(key, []))
+    row["update_ratio_final"] = _to_list(last_stats.get("update_ratio", []))
+    if instruments.tier_at_least(meta["instruments"], "standard"):
+        for key in ("q", "c", "dead_fraction"):
+            row[f"{key}_init"] = _to_list(init_stats.get(key, []))
+            row[f"{key}_final"] = _to_list(last_stats.get(key, []))
+    if record.curvature:
+        row["curvature"] = record.curvature
+    row["loss_history"] = record.loss_history
+    row["wall_time_s"] = round(wall_time_s, 3)
+    unknown = set(row) - set(WATCH_NAMES)
+    if unknown:
+        raise AssertionError(f"watched row keys missing from decay.row.WATCH_FIELDS: {sorted(unknown)}")
+    return {k: row[k] for k in WATCH_NAMES if k in row}
 
 
 # SGD is stable on a quadratic while lr * lambda_max < 2; heavy-ball momentum beta = 0.9: < 2 + 2 beta.

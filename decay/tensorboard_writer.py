@@ -77,13 +77,15 @@ def _scalar_prefix(tag: str) -> bytes:
 class RunWriter:
     """Writes one run's scalars and histograms to `log_dir`."""
 
-    def __init__(self, log_dir: str, depth: int):
+    def __init__(self, log_dir: str, depth: int, tags: dict[str, list[str]] | None = None):
+        """`tags` replaces the per-layer tags of some keys (a watched model's per-parameter entries)."""
         # tensorboardX's synchronous EventsWriter: SummaryWriter's asynchronous path pickles every
         # event through a multiprocessing queue, which costs more than the training step's statistics.
         os.makedirs(log_dir, exist_ok=True)
         self._events = EventsWriter(os.path.join(log_dir, "events"))
         self._depth = depth
         self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
+        self._tags.update(tags or {})
         self._prefixes: dict[str, list[bytes]] = {k: [_scalar_prefix(t) for t in v] for k, v in self._tags.items()}
         for key, tag in SCALARS.items():
             self._prefixes[key] = [_scalar_prefix(tag)]
