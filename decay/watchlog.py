@@ -170,7 +170,10 @@ def is_watched(run_dir: str) -> bool:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return False
-    data = results.read_json(path)
+    try:
+        data = results.read_json(path)
+    except ConfigError:
+        return False  # not valid JSON: the sweep run's reader says so, naming the file
     return isinstance(data, dict) and data.get("kind") == "watch"
 
 

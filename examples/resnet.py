@@ -2,7 +2,7 @@
 watched by decay. The blocks are a Python list (not scanned). The lines marked `# decay` are all that
 measuring it takes; no point is marked in the model: every nnx.Conv and nnx.Linear output is probed.
 
-    python examples/resnet.py --workdir=/tmp/watch_resnet
+    python -m examples.resnet --workdir=/tmp/watch_resnet   (from the repository root)
 """
 
 import argparse

@@ -4,7 +4,7 @@ Task: a sequence of random tokens; at position t the model predicts the token at
 must attend back). The model's blocks are stacked with nnx.vmap and applied with nnx.scan.
 The lines marked `# decay` are all that measuring it takes.
 
-    python examples/transformer.py --workdir=/tmp/watch_transformer
+    python -m examples.transformer --workdir=/tmp/watch_transformer   (from the repository root)
 """
 
 import argparse

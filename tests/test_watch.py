@@ -435,3 +435,10 @@ def test_pyproject_pins_agree_with_requirements():
     for name, version in {**deps, **dev}.items():
         assert req.get(name) == version, name
     assert set(req) - set(deps) - set(dev) == {"setuptools"}  # the build backend only
+
+
+def test_docs_list_every_row_key_of_a_watched_run():
+    text = (ROOT / "docs" / "watch.md").read_text()
+    table = text[text.index("The row's keys") : text.index("## One-shot diagnosis")]
+    listed = {k for cell in table.split("|") for k in cell.replace("`", " ").replace(",", " ").split() if k in rowlib.WATCH_NAMES}
+    assert listed == set(rowlib.WATCH_NAMES)
