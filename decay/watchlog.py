@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from decay import checkpoints, metrics, plots, results, row
+from decay.config import dumps
 from decay.errors import ConfigError
 from decay.tensorboard_writer import RunWriter
 from decay.watcher import Watch, main_stack, pattern, watch
@@ -119,7 +120,7 @@ class WatchLog:
 
     def _write_config(self) -> None:
         meta = {"kind": "watch", **_meta(self.watch, self.name), "saved": [t.__name__ for t in SAVED]}
-        results.write_atomic(os.path.join(self.workdir, "config.json"), results_json(meta))
+        results.write_atomic(os.path.join(self.workdir, "config.json"), dumps(meta))
 
     def close(self, model: nnx.Module | None = None, step: int | None = None) -> dict[str, Any]:
         """Flushes, writes the row (`results.jsonl`), `gradient_flow.png`, `config.json` and, with `model`, a last
@@ -142,12 +143,6 @@ class WatchLog:
             self._writer.close()
             self._writer = None
         return self.row
-
-
-def results_json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 # --- reopening -------------------------------------------------------------------------------------
