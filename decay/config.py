@@ -18,6 +18,9 @@ from decay.errors import ConfigError
 __all__ = ["ConfigError", "RunConfig", "SweepConfig", "dumps", "help_of"]
 
 
+RECURRENT = ("rnn", "lstm", "gru")  # families whose run names also carry T, the recurrent init and clipping
+
+
 def _field(default: Any, help_text: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help_text})
 
@@ -26,16 +29,33 @@ def _field(default: Any, help_text: str) -> Any:
 class RunConfig:
     """Everything that determines one training run; a run is rebuilt from this alone."""
 
-    model: str = _field("mlp", "Model family (decay.families): mlp, cnn (deep conv net) or seed_cnn (the seed's example net).")
-    dataset: str = _field("digits", "digits (embedded), synthetic, mnist or cifar10 (local files).")
+    model: str = _field(
+        "mlp", "Model family (decay.families): mlp, cnn (deep conv net), seed_cnn (the seed's example net), rnn, lstm or gru."
+    )
+    dataset: str = _field(
+        "digits",
+        "digits (embedded), synthetic, mnist or cifar10 (local files); for rnn/lstm/gru: adding, copy, seq_digits or"
+        " perm_digits (sequence tasks, generated or embedded).",
+    )
+    seq_len: int = _field(100, "Sequence tasks: T, the adding problem's steps or the copy task's blanks (digits: 64 fixed).")
     data_dir: str | None = _field(None, "Folder with the local files of --dataset=mnist|cifar10.")
     depth: int = _field(8, "Hidden weight layers; layer 0 maps the input to --width.")
     width: int = _field(128, "Units (mlp) or channels (cnn) per hidden layer.")
     activation: str = _field("tanh", "Activation, applied after the norm.")
     norm: str = _field("none", "Normalization between the linear map and the activation.")
     init: str = _field("auto", "Kernel init; auto = he_normal for ReLU-like activations, lecun_normal otherwise.")
-    weight_var: float | None = _field(None, "sigma_w^2: W ~ N(0, weight_var/fan_in); overrides --init.")
+    weight_var: float | None = _field(
+        None,
+        "sigma_w^2: W ~ N(0, weight_var/fan_in); overrides --init (rnn/lstm/gru: the recurrent kernel's, over --recurrent_init).",
+    )
     bias_var: float | None = _field(None, "sigma_b^2: b ~ N(0, bias_var); default zero biases.")
+    recurrent_init: str = _field(
+        "auto", "rnn/lstm/gru: recurrent kernel init, per gate: orthogonal, identity (IRNN) or a named init; auto = orthogonal."
+    )
+    input_var: float | None = _field(
+        None, "rnn/lstm/gru: sigma_u^2 of the input kernel, U ~ N(0, input_var/fan_in); overrides --init."
+    )
+    forget_bias: float = _field(1.0, "lstm: initial forget-gate bias (1.0 as Gers et al. and Jozefowicz et al. recommend).")
     residual: bool = _field(False, "Layers 1..depth-1 compute h + residual_scale * layer(h).")
     residual_scale: float = _field(1.0, "alpha of the residual branch: h + alpha * layer(h).")
     optimizer: str = _field("sgd", "sgd, momentum (0.9), adam or adamw (weight decay 1e-4).")
@@ -65,6 +85,10 @@ class RunConfig:
     def name(self) -> str:
         """Folder-safe name that encodes what varies across a sweep."""
         res = f"-res{self.residual_scale:g}" if self.residual else ""
+        if self.model in RECURRENT:  # time, recurrent init and clipping vary across a time sweep
+            init = f"wv{self.weight_var:g}" if self.weight_var is not None else self.recurrent_init
+            clip = "" if self.clip_norm is None else f"-clip{self.clip_norm:g}"
+            res += f"-T{self.seq_len}-{init}{clip}"
         return f"{self.model}-d{self.depth:04d}-{self.activation}-{self.norm}{res}-lr{self.learning_rate:g}-s{self.seed}"
 
     def to_json(self) -> dict[str, Any]:

@@ -1,15 +1,22 @@
 """Datasets: an embedded real one (no download), synthetic teacher data, and local MNIST / CIFAR-10.
 
-`load` returns a `Dataset` of float32 NHWC images and int32 labels in three disjoint splits:
+`load` returns a `Dataset` of float32 NHWC images (or [N, T, features] sequences) and int32
+labels (float32 targets for regression) in three disjoint splits:
 train, validation (carved from the loader's training set by a permutation fixed by
 `data_seed`; every choice of learning rate, budget or best configuration is made on it) and
 test (the dataset's own test set, used only for the final numbers). Images are standardized
 with the mean and standard deviation of the training split alone.
+
+Each dataset names its task (`decay.tasks`: classification, regression, per_position) and the
+loss of the best prediction that ignores the input (`chance_loss`: ln(classes) for
+classification; the adding problem's 1/6, the copy task's 10 ln 8 / (T + 20)), against
+which trainability is judged. Sequence tasks (`SEQUENCE`) are for the recurrent families.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -32,13 +39,45 @@ class Dataset(NamedTuple):
     num_classes: int
     x_val: np.ndarray | None = None  # carved from the training set by `split_validation`
     y_val: np.ndarray | None = None
+    task: str = "classification"  # decay.tasks: classification, regression or per_position
+    chance_loss: float | None = None  # loss of the best input-blind prediction; None: ln(num_classes)
+
+    @property
+    def chance(self) -> float:
+        """The loss of the best prediction that ignores the input (trainability is judged against it)."""
+        return math.log(self.num_classes) if self.chance_loss is None else self.chance_loss
 
 
-Loader = Callable[[str | None, int], Dataset]
+Loader = Callable[[str | None, int, int], Dataset]  # (data_dir, data_seed, seq_len) -> Dataset
 DATASETS: Registry[Loader] = Registry("dataset")
+TASK_OF: dict[str, str] = {}  # dataset name -> its task, known without loading it
+SEQUENCE: set[str] = set()  # datasets of [N, T, features] sequences (the recurrent families' inputs)
 
 
-PRESTANDARDIZED = {"synthetic"}  # loaders whose inputs are standard by construction (q^0 = 1 exactly in expectation)
+def register(name: str, task: str = "classification", sequence: bool = False) -> Callable[[Loader], Loader]:
+    """Decorator: registers a loader under `name` with its task and input kind."""
+
+    def add(loader: Loader) -> Loader:
+        DATASETS.add(name, loader)
+        TASK_OF[name] = task
+        if sequence:
+            SEQUENCE.add(name)
+        return loader
+
+    return add
+
+
+def task_of(name: str) -> str:
+    """The task of dataset `name` (ValueError listing the names when it is unknown)."""
+    DATASETS.get(name)
+    return TASK_OF[name]
+
+
+PRESTANDARDIZED = {
+    "synthetic",
+    "adding",
+    "copy",
+}  # loaders whose inputs are standard by construction (q^0 = 1 exactly in expectation)
 
 
 def _raw(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:
@@ -76,15 +115,15 @@ def standardize(ds: Dataset) -> Dataset:
     return ds._replace(x_train=z(ds.x_train), x_test=z(ds.x_test), x_val=z(ds.x_val))
 
 
-@DATASETS.register("digits")
-def load_digits(data_dir: str | None, data_seed: int) -> Dataset:
+@register("digits")
+def load_digits(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
     """UCI handwritten digits as bundled with scikit-learn: 1797 8x8 images, 10 classes.
 
     It ships inside an installed package (no download, no file to manage), it is real
     handwriting, and it is small enough for a depth sweep of hundreds of runs on a laptop CPU.
     The 80/20 train/test split (1438/359) is a permutation fixed by `data_seed`.
     """
-    del data_dir
+    del data_dir, seq_len
     from sklearn.datasets import load_digits as _load
 
     bunch = _load()
@@ -96,14 +135,14 @@ def load_digits(data_dir: str | None, data_seed: int) -> Dataset:
     return _raw("digits", x[tr], y[tr], x[te], y[te], 10)
 
 
-@DATASETS.register("synthetic")
-def load_synthetic(data_dir: str | None, data_seed: int) -> Dataset:
+@register("synthetic")
+def load_synthetic(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
     """I.i.d. standard Gaussian 8x8x1 inputs, labels = argmax of a fixed random tanh teacher.
 
     4096 train and 1024 test examples, 10 classes; the inputs have unit variance per
     coordinate, as mean-field theory assumes.
     """
-    del data_dir
+    del data_dir, seq_len
     rng = np.random.default_rng(10_000 + data_seed)
     n_train, n_test, dim, hidden, classes = 4096, 1024, 64, 64, 10
     x = rng.standard_normal((n_train + n_test, dim))
@@ -156,10 +195,10 @@ def read_idx(path: str) -> np.ndarray:
     return data.reshape(shape)
 
 
-@DATASETS.register("mnist")
-def load_mnist(data_dir: str | None, data_seed: int) -> Dataset:
+@register("mnist")
+def load_mnist(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
     """MNIST from the four IDX files of its standard distribution, under --data_dir."""
-    del data_seed
+    del data_seed, seq_len
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     xtr, ytr, xte, yte = (read_idx(p) for p in _find(data_dir, "mnist", names))
     return _raw("mnist", xtr[..., None], ytr, xte[..., None], yte, 10)
@@ -174,13 +213,13 @@ def read_cifar_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
     return rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0]
 
 
-@DATASETS.register("cifar10")
-def load_cifar10(data_dir: str | None, data_seed: int) -> Dataset:
+@register("cifar10")
+def load_cifar10(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
     """CIFAR-10 from its binary distribution (data_batch_1..5.bin, test_batch.bin) under --data_dir.
 
     The binary version is read because the "python version" is pickled, and decay never unpickles.
     """
-    del data_seed
+    del data_seed, seq_len
     sub = os.path.join(data_dir, "cifar-10-batches-bin") if data_dir else None
     if sub and os.path.isdir(sub):
         data_dir = sub
@@ -191,7 +230,100 @@ def load_cifar10(data_dir: str | None, data_seed: int) -> Dataset:
     return _raw("cifar10", xtr, ytr, parts[5][0], parts[5][1], 10)
 
 
-def load(name: str, data_dir: str | None, data_seed: int, val_fraction: float = RunConfig.val_fraction) -> Dataset:
+# The generated sequence tasks: train (before the validation split) and test examples.
+SEQ_TRAIN, SEQ_TEST = 5000, 1000
+ADDING_CHANCE = 1.0 / 6.0  # MSE of always predicting 1 = Var(u1 + u2), u ~ U[0, 1]
+COPY_SYMBOLS, COPY_LENGTH = 8, 10  # symbols 1..8, 10 of them to remember
+SOLVED_MSE = 0.01  # the adding problem counts as solved below this test MSE (6% of the 1/6 baseline)
+
+
+def adding_problem(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The adding problem (Hochreiter and Schmidhuber 1997; Le et al. 2015's version): x [n, T, 2] = (value
+    u_t ~ U[0, 1], marker), one marker in each half of the sequence; target the sum of the two marked values."""
+    values = rng.uniform(0.0, 1.0, (n, seq_len))
+    half = max(seq_len // 2, 1)
+    first = rng.integers(0, half, n)
+    second = rng.integers(half, seq_len, n) if seq_len > 1 else first
+    markers = np.zeros((n, seq_len))
+    markers[np.arange(n), first] = 1.0
+    markers[np.arange(n), second] = 1.0
+    y = values[np.arange(n), first] + values[np.arange(n), second] * (second != first)
+    return np.stack([values, markers], axis=-1).astype(np.float32), y.astype(np.float32)
+
+
+def copy_memory(n: int, blanks: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Copy memory (Arjovsky, Shah and Bengio 2016): 10 symbols from 1..8, `blanks` - 1 blanks (0), the delimiter (9),
+    10 blanks; target: blanks, then the 10 symbols. Inputs one-hot [n, T + 20, 10], targets [n, T + 20] in 0..8."""
+    length = blanks + 2 * COPY_LENGTH
+    symbols = rng.integers(1, COPY_SYMBOLS + 1, (n, COPY_LENGTH))
+    tokens = np.zeros((n, length), np.int64)
+    tokens[:, :COPY_LENGTH] = symbols
+    tokens[:, blanks + COPY_LENGTH - 1] = COPY_SYMBOLS + 1  # the delimiter
+    y = np.zeros((n, length), np.int64)
+    y[:, -COPY_LENGTH:] = symbols
+    return np.eye(COPY_SYMBOLS + 2, dtype=np.float32)[tokens], y.astype(np.int32)
+
+
+def _sequence_rng(name: str, data_seed: int, seq_len: int) -> np.random.Generator:
+    if seq_len < 1:
+        raise ConfigError(f"--seq_len={seq_len}; --dataset={name} needs a sequence length >= 1")
+    return np.random.default_rng([20_000, sum(map(ord, name)), data_seed, seq_len])
+
+
+@register("adding", task="regression", sequence=True)
+def load_adding(data_dir: str | None, data_seed: int, seq_len: int) -> Dataset:
+    """The adding problem at T = seq_len; mean squared error, 1/6 for the constant prediction 1."""
+    del data_dir
+    rng = _sequence_rng("adding", data_seed, seq_len)
+    x, y = adding_problem(SEQ_TRAIN + SEQ_TEST, seq_len, rng)
+    ds = Dataset("adding", x[:SEQ_TRAIN], y[:SEQ_TRAIN], x[SEQ_TRAIN:], y[SEQ_TRAIN:], 1)
+    return ds._replace(task="regression", chance_loss=ADDING_CHANCE)
+
+
+def copy_chance(blanks: int) -> float:
+    """The memoryless baseline of copy memory: blanks right, the last 10 symbols uniform over 8, per position."""
+    return COPY_LENGTH * math.log(COPY_SYMBOLS) / (blanks + 2 * COPY_LENGTH)
+
+
+@register("copy", task="per_position", sequence=True)
+def load_copy(data_dir: str | None, data_seed: int, seq_len: int) -> Dataset:
+    """Copy memory with seq_len blanks; cross-entropy per position, 10 ln 8 / (T + 20) for the memoryless baseline."""
+    del data_dir
+    rng = _sequence_rng("copy", data_seed, seq_len)
+    x, y = copy_memory(SEQ_TRAIN + SEQ_TEST, seq_len, rng)
+    ds = Dataset("copy", x[:SEQ_TRAIN], y[:SEQ_TRAIN], x[SEQ_TRAIN:], y[SEQ_TRAIN:], COPY_SYMBOLS + 1)
+    return ds._replace(task="per_position", chance_loss=copy_chance(seq_len))
+
+
+def _pixel_sequence(name: str, data_seed: int, permute: bool) -> Dataset:
+    ds = load_digits(None, data_seed)
+    order = np.random.default_rng([30_000, data_seed]).permutation(64) if permute else np.arange(64)
+    seq = lambda x: x.reshape(x.shape[0], 64, 1)[:, order]  # noqa: E731  row-major pixels, one per step
+    return ds._replace(name=name, x_train=seq(ds.x_train), x_test=seq(ds.x_test))
+
+
+@register("seq_digits", sequence=True)
+def load_seq_digits(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
+    """The embedded 8x8 digits read one pixel per step, row by row: 64 steps, 10 classes."""
+    del data_dir, seq_len
+    return _pixel_sequence("seq_digits", data_seed, False)
+
+
+@register("perm_digits", sequence=True)
+def load_perm_digits(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
+    """Sequential digits with a fixed pixel permutation (from data_seed): dependencies span the whole sequence."""
+    del data_dir, seq_len
+    return _pixel_sequence("perm_digits", data_seed, True)
+
+
+def load(
+    name: str, data_dir: str | None, data_seed: int, val_fraction: float = RunConfig.val_fraction, seq_len: int = 0
+) -> Dataset:
     """A registered dataset by name, its validation split carved from the training set, standardized on the training split."""
-    ds = split_validation(DATASETS.get(name)(data_dir, data_seed), val_fraction, data_seed)
+    ds = split_validation(DATASETS.get(name)(data_dir, data_seed, seq_len), val_fraction, data_seed)
     return ds if name in PRESTANDARDIZED else standardize(ds)
+
+
+def load_for(cfg: RunConfig) -> Dataset:
+    """The dataset of a run config."""
+    return load(cfg.dataset, cfg.data_dir, cfg.data_seed, cfg.val_fraction, cfg.seq_len)

@@ -64,7 +64,8 @@ class _RunHost:
             self.resumed = True
         elif run_dir:
             checkpoints.write_config(run_dir, cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
-        self.writer = RunWriter(log_dir, prog.net.points) if log_dir else None
+        time_steps = dataset.x_train.shape[1] if prog.net.family.sequence else 0
+        self.writer = RunWriter(log_dir, cfg.depth, points=prog.net.points, time_steps=time_steps) if log_dir else None
 
     @property
     def active(self) -> bool:

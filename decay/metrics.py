@@ -96,16 +96,18 @@ def borderline(chi: float | None, depth: int) -> bool:
     return any(abs(gain - math.log10(t)) < near for t in (VANISHING_BELOW, EXPLODING_ABOVE))
 
 
-def trainability(train_loss_end: float | None, num_classes: int, diverged: bool, steps: int = 1) -> str:
-    """'trains', 'partial', 'fails' or 'diverged', from the final training loss over chance, ln(num_classes);
-    'untrained' for a run of 0 steps (measured at initialization only)."""
+def trainability(
+    train_loss_end: float | None, num_classes: int, diverged: bool, steps: int = 1, chance: float | None = None
+) -> str:
+    """'trains', 'partial', 'fails' or 'diverged', from the final training loss over chance (`chance`, by default
+    ln(num_classes): a uniform prediction's); 'untrained' for a run of 0 steps (measured at initialization only)."""
     if steps == 0:
         return "untrained"
     if diverged:
         return "diverged"
     if train_loss_end is None or not math.isfinite(train_loss_end):
         return "fails"
-    ratio = train_loss_end / math.log(num_classes)
+    ratio = train_loss_end / (math.log(num_classes) if chance is None else chance)
     if ratio < TRAINS_BELOW:
         return "trains"
     return "fails" if ratio >= FAILS_ABOVE else "partial"
@@ -140,7 +142,7 @@ def group_verdict(rows: Sequence[dict[str, Any]]) -> str:
     the chi shown), or without any chi fit the most common row verdict."""
     chis = [r["chi"] for r in rows if r["chi"] is not None]
     if chis:
-        return verdict(float(np.median(chis)), rows[0]["depth"])
+        return verdict(float(np.median(chis)), rows[0].get("seq_len") or rows[0]["depth"])  # along time, or depth
     verdicts = [r["verdict"] for r in rows]
     return max(sorted(set(verdicts)), key=verdicts.count)
 

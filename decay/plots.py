@@ -751,3 +751,78 @@ def watch_figure(row: Row) -> Any:
         fontsize=11,
     )
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The time sweep (decay.studies.time_sweep): recurrent nets along time
+
+
+def time_gradient_figure(summary: Sequence[dict[str, Any]], variants: Sequence[str]) -> Any:
+    """log10 ||dL/dh_t|| at initialization against t, one panel per variant, one line per sequence length; the
+    LSTM's cell path dashed, mean-field theory (scaled to the measured last step) dotted."""
+    n = len(variants)
+    cols = min(4, n)
+    rows_n = -(-n // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.0 * rows_n), squeeze=False, sharey=True)
+    lengths = sorted({s["seq_len"] for s in summary})
+    cmap = plt.get_cmap("viridis")
+    color = {t: cmap(i / max(1, len(lengths) - 1) * 0.85) for i, t in enumerate(lengths)}
+    for ax, v in zip(axes.flat, variants, strict=False):
+        for s in (s for s in summary if s["variant"] == v):
+            t = s["seq_len"]
+            logs, masks = safe_log10(s["signal_init"])
+            steps = np.arange(len(logs))
+            ax.plot(steps, logs, "-", color=color[t], lw=1.6, label=f"T={t}")
+            mark_special(ax, steps, masks, color[t])
+            if s.get("cell_signal_init"):
+                cl, _ = safe_log10(s["cell_signal_init"])
+                ax.plot(np.arange(len(cl)), cl, "--", color=color[t], lw=1.2)
+            if s.get("signal_theory") and np.isfinite(logs[-1]):
+                th, _ = safe_log10(s["signal_theory"])
+                ax.plot(np.arange(len(th)), th - th[-1] + logs[-1], ":", color="black", lw=1.0)
+        ax.set_title(v, fontsize=10)
+        ax.set_xlabel("time step t (the loss reads h at t = T - 1)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("log10 ||dL/dh_t|| at init")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=color[t], label=f"T = {t}") for t in lengths]
+    handles += [
+        Line2D([], [], color="gray", ls="--", label="lstm cell ||dL/dc_t||"),
+        Line2D([], [], color="black", ls=":", label="mean-field theory"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Backprop signal along time at initialization (loss read at the last step)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return fig
+
+
+def time_score_figure(summary: Sequence[dict[str, Any]], variants: Sequence[str], solved: float, baseline: float) -> Any:
+    """Test MSE at the validation-chosen rate against T per variant: mean and 95% interval over seeds."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for i, v in enumerate(variants):
+        mine = sorted((s for s in summary if s["variant"] == v), key=lambda s: s["seq_len"])
+        if not mine:
+            continue
+        t = np.array([s["seq_len"] for s in mine], float) * (1.0 + 0.03 * (i - len(variants) / 2))  # spread markers
+        mean = np.array([np.nan if s["test_mse"]["mean"] is None else s["test_mse"]["mean"] for s in mine])
+        lo = np.array([np.nan if s["test_mse"]["lo"] is None else s["test_mse"]["lo"] for s in mine])
+        hi = np.array([np.nan if s["test_mse"]["hi"] is None else s["test_mse"]["hi"] for s in mine])
+        err = np.vstack([np.nan_to_num(mean - np.maximum(lo, 1e-6), nan=0.0), np.nan_to_num(hi - mean, nan=0.0)])
+        ax.errorbar(t, mean, yerr=err, marker="o", ms=4, capsize=3, color=ACT_COLORS(i), label=v)
+    ax.axhline(baseline, color="gray", ls="--", lw=1)
+    ax.text(ax.get_xlim()[0] if False else 1.0, baseline, " predict 1 (MSE 1/6)", va="bottom", fontsize=8, color="gray",
+            transform=transforms.blended_transform_factory(ax.transAxes, ax.transData), ha="right")  # fmt: skip
+    ax.axhline(solved, color="green", ls=":", lw=1)
+    ax.text(1.0, solved, f" solved (< {solved:g})", va="bottom", ha="right", fontsize=8, color="green",
+            transform=transforms.blended_transform_factory(ax.transAxes, ax.transData))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("test MSE (adding problem)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Task score against sequence length (lr chosen on validation)", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from decay import devices, families, instruments, optim
+from decay import data, devices, families, instruments, optim, tasks
 from decay.config import RunConfig
 from decay.data import Dataset
 from decay.step import Net, TrainState, apply, bare_step, batch_indices, curvature, grads_and_stats, train_step
@@ -82,9 +82,9 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         return stats
 
     def eval_batch(params, batch_stats, x, y):
-        logits, _, _ = apply(net.graphdef, params, batch_stats, x, None, False)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        out, _, _ = apply(net.graphdef, params, batch_stats, x, None, False)
+        task = tasks.TASKS.get(net.task)
+        losses, correct = task.loss(out, y), task.score(out, y)
         # Per example: the sums are taken on the host in float64, so that they do not depend on
         # how XLA vectorizes a reduction (which differed between runs mapped in one executable);
         # there the padding of the last batch is left out (`split_results`).
@@ -99,7 +99,7 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # start and end) on its next training batch where `when`, else NaN; one compiled copy for both.
         if not full:
             return {}
-        nan = {"hessian_top": jnp.nan, "hessian_trace": jnp.nan, "hessian_trace_layers": jnp.full((net.points,), jnp.nan)}
+        nan = {"hessian_top": jnp.nan, "hessian_trace": jnp.nan, "hessian_trace_layers": jnp.full((cfg.depth,), jnp.nan)}
         nan = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), nan)
 
         def one(args):
@@ -163,7 +163,7 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # a small LRU ca
 
 def program(cfg: RunConfig, net: Net) -> Program:
     """Compiled functions for `cfg`, reused across seeds."""
-    key = (program_key(cfg), net.point_shape)
+    key = (program_key(cfg), net.points, net.point_shape)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, net)
         while len(_PROGRAMS) > 8:
@@ -184,7 +184,8 @@ def init_state(
     fam = families.of(cfg)
     model = families.build(cfg, input_shape, num_classes)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    net = Net(graphdef, fam, fam.points(cfg), fam.point_shape(cfg, tuple(input_shape)))
+    shape = tuple(input_shape)
+    net = Net(graphdef, fam, fam.points(cfg, shape), fam.point_shape(cfg, shape), data.task_of(cfg.dataset))
     prog = program(cfg, net)
     anchor = ()
     if instruments.tier_at_least(cfg.instruments, "standard"):
@@ -243,8 +244,8 @@ def test_batches(x_test, y_test) -> tuple[np.ndarray, np.ndarray]:
     nb = -(-n // size)
     pad = nb * size - n
     x = np.concatenate([np.asarray(x_test), np.zeros((pad, *x_test.shape[1:]), x_test.dtype)])
-    y = np.concatenate([np.asarray(y_test), np.zeros((pad,), y_test.dtype)])
-    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size)
+    y = np.concatenate([np.asarray(y_test), np.zeros((pad, *y_test.shape[1:]), y_test.dtype)])
+    return x.reshape(nb, size, *x_test.shape[1:]), y.reshape(nb, size, *y_test.shape[1:])
 
 
 def eval_result(losses, correct, n: int) -> tuple[float, float]:

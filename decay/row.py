@@ -39,6 +39,8 @@ FIELDS: tuple[Field, ...] = (
     _F("name", "str", "basic", "run name: model-d<depth>-activation-norm[-res<scale>]-lr<rate>-s<seed>"),
     _F("model", "str", "basic", "model family"),
     _F("dataset", "str", "basic", "dataset"),
+    _F("task", "str", "basic", "classification, regression or per_position (decay.tasks): what the loss and accuracy mean"),
+    _F("seq_len", "int | null", "basic", "time steps of a sequence task (the points of each recurrent layer); null for images"),
     _F("depth", "int", "basic", "hidden weight layers"),
     _F("width", "int", "basic", "units or channels per hidden layer"),
     _F("activation", "str", "basic", "activation"),
@@ -46,6 +48,9 @@ FIELDS: tuple[Field, ...] = (
     _F("init", "str", "basic", "the resolved kernel init ('mean_field' when weight_var is set)"),
     _F("weight_var", "float | null", "basic", "sigma_w^2 of a mean-field init"),
     _F("bias_var", "float | null", "basic", "sigma_b^2 of a mean-field init"),
+    _F("recurrent_init", "str | null", "basic", "rnn/lstm/gru: the recurrent kernel's init ('mean_field' with weight_var)"),
+    _F("input_var", "float | null", "basic", "rnn/lstm/gru: sigma_u^2 of the input kernel, when set"),
+    _F("forget_bias", "float | null", "basic", "lstm: the forget gate's initial bias"),
     _F("residual", "bool", "basic", "residual connections in layers 1..depth-1"),
     _F("residual_scale", "float", "basic", "alpha in h + alpha * layer(h)"),
     _F("optimizer", "str", "basic", "optimizer"),
@@ -59,7 +64,12 @@ FIELDS: tuple[Field, ...] = (
     _F("seed", "int", "basic", "parameter and minibatch seed"),
     _F("final_loss", "float | null", "basic", "mean training loss of the last 10 finite steps"),
     _F("test_loss", "float | null", "basic", "test loss at the end; null for a diverged run"),
-    _F("test_accuracy", "float | null", "basic", "test accuracy at the end; null for a diverged run"),
+    _F(
+        "test_accuracy",
+        "float | null",
+        "basic",
+        "test accuracy at the end (regression: fraction within 0.1 of the target; per_position: of positions); null if diverged",
+    ),
     _F("val_loss", "float | null", "basic", "validation loss at the end; null for a diverged run"),
     _F("val_accuracy", "float | null", "basic", "validation accuracy at the end (every choice is made on it); null if diverged"),
     _F("train_loss_init", "float | null", "basic", "training-split loss at step 0 (evaluation mode, first 2048 examples)"),
@@ -69,26 +79,44 @@ FIELDS: tuple[Field, ...] = (
         "trainability",
         "str",
         "basic",
-        "trains | partial | fails | diverged | untrained (steps 0): train_loss_end against chance ln(classes)",
+        "trains | partial | fails | diverged | untrained (steps 0): train_loss_end against chance_loss",
     ),
+    _F("chance_loss", "float", "basic", "loss of the best input-blind prediction: ln(classes), adding 1/6, copy 10 ln 8/(T+20)"),
     _F("best_val_step", "int | null", "basic", "the evaluation step of the best validation accuracy"),
     _F("still_improving", "bool | null", "basic", "validation accuracy at the end beats every one up to 3/4 of the budget"),
     _F("diverged", "bool", "basic", "the loss or a gradient entry became NaN or Inf"),
     _F("diverged_at_step", "int | null", "basic", "the step whose loss or gradient was not finite"),
-    _F("chi", "float | null", "basic", "per-layer factor of the backprop signal at step 0, fitted (decay.metrics.fit_chi)"),
-    _F("verdict", "str", "basic", "vanishing, exploding or stable, from chi^(depth-1) (decay.metrics.verdict)"),
-    _F("verdict_borderline", "bool", "basic", "chi^(depth-1) within a factor 2 of a verdict threshold"),
+    _F(
+        "chi",
+        "float | null",
+        "basic",
+        "per-layer (recurrent: per-time-step, first layer) factor of the squared backprop signal at step 0 (metrics.fit_chi)",
+    ),
+    _F("verdict", "str", "basic", "vanishing, exploding or stable, from chi^(n-1), n = depth or T (decay.metrics.verdict)"),
+    _F("verdict_borderline", "bool", "basic", "chi^(n-1) within a factor 2 of a verdict threshold"),
     _F("grad_norms_init", "list[float]", "basic", "per layer ||dL/dW_l|| at step 0"),
-    _F("signal_norms_init", "list[float]", "basic", "per layer ||dL/dh_l|| at step 0 (through the probes)"),
+    _F(
+        "signal_norms_init",
+        "list[float]",
+        "basic",
+        "per layer ||dL/dh_l|| at step 0 (through the probes); recurrent: per time step ||dL/dh_t||, layer-major",
+    ),
+    _F("cell_signal_norms_init", "list[float]", "basic", "lstm: per time step ||dL/dc_t|| of the cell state at step 0"),
     _F("act_rms_init", "list[float]", "basic", "per layer RMS of the post-activation output at step 0"),
     _F("weight_norms_init", "list[float]", "basic", "per layer ||W_l|| at step 0"),
     _F("grad_norms_final", "list[float]", "basic", "per layer ||dL/dW_l|| at the last finite step"),
     _F("signal_norms_final", "list[float]", "basic", "per layer ||dL/dh_l|| at the last finite step"),
+    _F("cell_signal_norms_final", "list[float]", "basic", "lstm: per time step ||dL/dc_t|| at the last finite step"),
     _F("act_rms_final", "list[float]", "basic", "per layer act RMS at the last finite step"),
     _F("weight_norms_final", "list[float]", "basic", "per layer ||W_l|| at the last finite step"),
     _F("update_ratio_final", "list[float]", "basic", "per layer ||delta W_l|| / ||W_l|| of the last finite step"),
     _F("chi_theory", "float | null", "basic", "mean-field prediction of chi; null where no theory applies"),
-    _F("signal_profile_theory", "list[float] | null", "basic", "predicted ||dL/dh_l|| / ||dL/dh_{L-1}|| per layer"),
+    _F(
+        "signal_profile_theory",
+        "list[float] | null",
+        "basic",
+        "predicted ||dL/dh_l|| / ||dL/dh_{L-1}|| per layer (recurrent: per time step)",
+    ),
     _F("theory", "str", "basic", "which theory gave the prediction, or 'no theory: <why>'"),
     _F("instruments", "str", "basic", "the instrument tier of the run"),
     _F("q_init", "list[float]", "standard", "per layer mean of h_l^2 at step 0 (the mean-field q)"),
@@ -299,6 +327,9 @@ def _theory_cached(cfg: RunConfig, q_in: tuple[float, ...], fan_in: int) -> dict
 
 def theory_fields(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
     """Mean-field prediction for `cfg` (`chi_theory`, `signal_profile_theory`, `theory`); seeds share it."""
+    fam = families.of(cfg)
+    if fam.predict is not None:  # the family's own theory (recurrent nets: along time)
+        return fam.predict(cfg, dataset)
     q_in, fan_in = theory.input_q(dataset.x_train)
     return dict(_theory_cached(dataclasses.replace(cfg, seed=0), tuple(q_in.tolist()), fan_in))
 
@@ -334,15 +365,20 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
     """The results.jsonl row of a finished run from its host record; keys in the order of FIELDS."""
     init_stats = _stats_from_json(record.init_stats)
     last_stats = _stats_from_json(record.last_stats)
-    chi = metrics.fit_chi(init_stats["signal_norms"])
+    fam = families.of(cfg)
+    shape = tuple(dataset.x_train.shape[1:])
+    lo, hi = fam.chi_window(cfg, shape)  # along depth, or along time in a recurrent net's first layer
+    chi = metrics.fit_chi(init_stats["signal_norms"][lo:hi])
     final_loss = float(np.mean(record.recent_losses)) if record.recent_losses else math.nan
     diverged = record.diverged_at is not None
     train_end = None if diverged else record.train_eval_loss
-    points = families.of(cfg).points(cfg)
+    recurrent = fam.sequence
     row = {
         "name": cfg.name,
         "model": cfg.model,
         "dataset": cfg.dataset,
+        "task": dataset.task,
+        "seq_len": int(shape[0]) if recurrent else None,
         "depth": cfg.depth,
         "width": cfg.width,
         "activation": cfg.activation,
@@ -350,6 +386,7 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "init": "mean_field" if cfg.weight_var is not None else resolve_init(cfg.init, cfg.activation),
         "weight_var": cfg.weight_var,
         "bias_var": cfg.bias_var,
+        **(fam.row_fields(cfg) if fam.row_fields else {}),
         "residual": cfg.residual,
         "residual_scale": cfg.residual_scale,
         "optimizer": cfg.optimizer,
@@ -370,14 +407,15 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "train_loss_init": record.train_loss_init,
         "train_loss_end": train_end,
         "train_accuracy_end": None if diverged else metrics.clean(record.train_eval_accuracy),
-        "trainability": metrics.trainability(train_end, dataset.num_classes, diverged, cfg.steps),
+        "trainability": metrics.trainability(train_end, dataset.num_classes, diverged, cfg.steps, dataset.chance),
+        "chance_loss": dataset.chance,
         "best_val_step": metrics.best_val_step(record.history),
         "still_improving": None if diverged else metrics.still_improving(record.history, cfg.steps),
         "diverged": diverged,
         "diverged_at_step": record.diverged_at,
         "chi": metrics.clean(chi),
-        "verdict": metrics.verdict(chi, cfg.depth, init_stats["signal_norms"]),
-        "verdict_borderline": metrics.borderline(chi, cfg.depth),
+        "verdict": metrics.verdict(chi, hi - lo, init_stats["signal_norms"][lo:hi]),
+        "verdict_borderline": metrics.borderline(chi, hi - lo),
         "grad_norms_init": _to_list(init_stats["grad_norms"]),
         "signal_norms_init": _to_list(init_stats["signal_norms"]),
         "act_rms_init": _to_list(init_stats["act_rms"]),
@@ -386,11 +424,16 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "signal_norms_final": _to_list(last_stats["signal_norms"]),
         "act_rms_final": _to_list(last_stats["act_rms"]),
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
-        "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(points, np.nan))),
+        "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
         **theory_fields(cfg, dataset),
         **_instrument_fields(cfg, dataset, init_stats, last_stats, record.curvature),
         "history": record.history,
         "loss_history": record.loss_history,
+        **{
+            f"{part}_{when}": _to_list(stats[part])
+            for part in fam.signal_parts[1:]
+            for when, stats in (("init", init_stats), ("final", last_stats))
+        },
         "num_classes": dataset.num_classes,
         "wall_time_s": round(wall_time_s, 3),
     }

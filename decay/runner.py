@@ -89,7 +89,8 @@ class Runner:
         Raises ConfigError when the workdir holds a study with other settings.
         """
         self.workdir, self.key, self.run_folders = workdir, key, run_folders
-        self.dataset = data_lib.load(base.dataset, base.data_dir, base.data_seed, base.val_fraction)
+        self.dataset = data_lib.load_for(base)
+        self._datasets = {base.seq_len: (self.dataset, None)}  # seq_len -> (dataset, its device arrays once uploaded)
         n_train = self.dataset.x_train.shape[0]
         if base.batch_size > n_train:
             raise ConfigError(
@@ -97,6 +98,7 @@ class Runner:
             )
         self._open(settings, command, ignore)
         self.device_data = loop.upload(self.dataset)
+        self._datasets[base.seq_len] = (self.dataset, self.device_data)
         self.path = os.path.join(workdir, rows_file)
         self.rows: dict[str, Row] = {row_key(r): r for r in results.read_jsonl(self.path)}
         self.t0 = time.perf_counter()
@@ -120,6 +122,16 @@ class Runner:
             results.write_atomic(config_path, text)
         except OSError as e:
             raise ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from None
+
+    def data_for(self, cfg: RunConfig) -> tuple[data_lib.Dataset, tuple]:
+        """The dataset of `cfg` and its device arrays: the study's, or for another sequence length its own (loaded once).
+
+        A study's runs share the base's dataset settings; only a sequence task's length may vary (a time sweep).
+        """
+        if cfg.seq_len not in self._datasets:
+            ds = data_lib.load_for(cfg)
+            self._datasets[cfg.seq_len] = (ds, loop.upload(ds))
+        return self._datasets[cfg.seq_len]
 
     def run(
         self,
@@ -156,7 +168,8 @@ class Runner:
             folders = [os.path.join(self.workdir, d) for d in ("tb", "runs")] if self.run_folders else None
             log_dirs = [os.path.join(folders[0], c.name) for c in group] if folders else None
             run_dirs = [os.path.join(folders[1], c.name) for c in group] if folders else None
-            rows = loop.train_runs(group, self.dataset, self.device_data, on_progress, log_dirs=log_dirs, run_dirs=run_dirs)
+            dataset, device_data = self.data_for(group[0])
+            rows = loop.train_runs(group, dataset, device_data, on_progress, log_dirs=log_dirs, run_dirs=run_dirs)
             for c, r in zip(group, rows, strict=True):
                 if transform is not None:
                     r = transform(c, r)

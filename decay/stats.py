@@ -121,12 +121,15 @@ class Choice(NamedTuple):
     value: Any  # the chosen grid value (e.g. a learning rate)
     rows: list[dict[str, Any]]  # the runs (seeds) at that value
     at_edge: bool  # the chosen value is the smallest or largest of a grid of >= 2 values
-    val_means: dict[Any, float]  # mean validation accuracy over seeds per grid value (diverged runs count 0)
+    val_means: dict[Any, float]  # mean validation accuracy (diverged runs count 0), or loss (by="loss"), per grid value
 
 
-def best_by_validation(rows: Sequence[dict[str, Any]], grid_key: Callable[[dict[str, Any]], Hashable]) -> Choice:
+def best_by_validation(
+    rows: Sequence[dict[str, Any]], grid_key: Callable[[dict[str, Any]], Hashable], by: str = "accuracy"
+) -> Choice:
     """The grid value (`grid_key(row)`) with the best mean validation accuracy over seeds, ties broken by the
-    lower mean validation loss, then the smaller value. Test numbers take no part."""
+    lower mean validation loss, then the smaller value; `by="loss"` (regression): the lowest mean validation loss,
+    a diverged run counting as infinite loss. Test numbers take no part."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(grid_key(r), []).append(r)
@@ -137,9 +140,11 @@ def best_by_validation(rows: Sequence[dict[str, Any]], grid_key: Callable[[dict[
         s = [val_score(r) for r in groups[value]]
         acc = float(np.mean([max(a, 0.0) for a, _ in s]))
         loss = float(np.mean([lo for _, lo in s]))  # -inf when any run has no loss
-        return (acc, loss, tuple(-x for x in grid_order(value)))  # ties: the smaller value
+        ties = tuple(-x for x in grid_order(value))  # ties: the smaller value
+        return (loss, acc, ties) if by == "loss" else (acc, loss, ties)
 
     values = sorted(groups, key=lambda v: (grid_order(v), str(v)))
     best = max(values, key=score)
     edge = len(values) >= 2 and best in (values[0], values[-1])
-    return Choice(best, groups[best], edge, {v: score(v)[0] for v in values})
+    means = {v: (-score(v)[0] if by == "loss" else score(v)[0]) for v in values}
+    return Choice(best, groups[best], edge, means)

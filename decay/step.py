@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from decay import histograms, instruments
+from decay import histograms, instruments, tasks
 from decay.family import Family
 
 
@@ -43,8 +43,9 @@ class Net(NamedTuple):
 
     graphdef: Any
     family: Family
-    points: int  # probe points (measured layers)
+    points: int  # probe points (measured layers, or a recurrent net's time steps)
     point_shape: tuple[int, ...]  # per-example shape at each probe point
+    task: str = "classification"  # decay.tasks: the loss and the score
 
 
 def frobenius(x: jax.Array, axes: tuple[int, ...], scaled: bool = False) -> jax.Array:
@@ -72,11 +73,10 @@ def apply(graphdef, params, batch_stats, x, probes, train: bool, stats: bool = F
     return logits, aux, nnx.state(model, nnx.BatchStat)
 
 
-def loss_fn(graphdef, params, probes, batch_stats, x, y, stats: bool = False):
-    """Mean cross-entropy, batchnorm in training mode; aux: (the model's aux, new batch stats)."""
-    logits, aux, new_bs = apply(graphdef, params, batch_stats, x, probes, True, stats)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, (aux, new_bs)
+def loss_fn(graphdef, params, probes, batch_stats, x, y, stats: bool = False, task: str = "classification"):
+    """The task's mean loss (cross-entropy, squared error, ...), batchnorm in training mode; aux: (model aux, new batch stats)."""
+    out, aux, new_bs = apply(graphdef, params, batch_stats, x, probes, True, stats)
+    return tasks.mean_loss(task, out, y), (aux, new_bs)
 
 
 def grads_and_stats(net: Net, params, batch_stats, x, y, tier: str = "basic", anchor=()):
@@ -89,21 +89,35 @@ def grads_and_stats(net: Net, params, batch_stats, x, y, tier: str = "basic", an
     probes = jnp.zeros((net.points, x.shape[0], *net.point_shape), x.dtype)
     more = instruments.tier_at_least(tier, "standard")
     # batch_stats is an argument, not a closure, so that batchnorm may update it inside the trace.
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, net.graphdef, stats=more), argnums=(0, 1), has_aux=True)
+    grad_fn = jax.value_and_grad(
+        functools.partial(loss_fn, net.graphdef, stats=more, task=net.task), argnums=(0, 1), has_aux=True
+    )
     (loss, (aux, new_bs)), (grads, probe_grads) = grad_fn(params, probes, batch_stats, x, y)
     pure_grads = nnx.to_pure_dict(grads)
     axes = tuple(range(1, probe_grads.ndim))
-    plain = (kernel_norms(family, pure_grads), frobenius(probe_grads, axes))
+    # The probe's last axis split into the family's parts (an LSTM's hidden and cell state), one norm each.
+    parts = jnp.split(probe_grads, len(family.signal_parts), axis=-1)
+
+    def norms(scaled):
+        return kernel_norms(family, pure_grads, scaled), tuple(frobenius(p, axes, scaled) for p in parts)
+
+    plain = norms(False)
     # One pass each; only if a sum of squares overflowed (entries beyond ~1e19, a diverging run)
     # are the norms recomputed scaled, so that a huge but finite gradient is not mistaken for Inf.
-    grad_norms, signal_norms = jax.lax.cond(
-        jnp.all(jnp.isfinite(plain[0])) & jnp.all(jnp.isfinite(plain[1])),
+    ok = jnp.all(jnp.isfinite(plain[0]))
+    for s in plain[1]:
+        ok &= jnp.all(jnp.isfinite(s))
+    grad_norms, signals = jax.lax.cond(
+        ok,
         lambda: plain,
-        lambda: (kernel_norms(family, pure_grads, True), frobenius(probe_grads, axes, True)),
+        lambda: norms(True),
     )
+    signal_norms = signals[0]
     # Diverged: a non-finite loss or any non-finite gradient entry, every parameter included. The
     # layer kernels (nearly all entries) are covered by their overflow-safe norms; the rest is small.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad_norms)) & jnp.all(jnp.isfinite(signal_norms))
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad_norms))
+    for s in signals:
+        finite &= jnp.all(jnp.isfinite(s))
     for path, g in jax.tree_util.tree_leaves_with_path(pure_grads):
         if not family.is_layer_kernel(tuple(getattr(k, "key", None) for k in path)):
             finite &= jnp.all(jnp.isfinite(g))
@@ -115,6 +129,7 @@ def grads_and_stats(net: Net, params, batch_stats, x, y, tier: str = "basic", an
         "weight_norms": kernel_norms(family, nnx.to_pure_dict(params)),
         "finite": finite,
     }
+    stats.update(zip(family.signal_parts[1:], signals[1:], strict=True))
     if more:
         stats.update({k: aux[k] for k in ("q", "c", "dead_fraction")})
         kernels = family.layer_kernels(nnx.to_pure_dict(params))
@@ -124,9 +139,9 @@ def grads_and_stats(net: Net, params, batch_stats, x, y, tier: str = "basic", an
     return grads, new_bs, stats
 
 
-def batch_loss(graphdef, batch_stats, x, y) -> Callable[[Any], jax.Array]:
+def batch_loss(graphdef, batch_stats, x, y, task: str = "classification") -> Callable[[Any], jax.Array]:
     """params -> the training loss on (x, y), batchnorm in training mode: the function the curvature instruments differentiate."""
-    return lambda params: loss_fn(graphdef, params, None, batch_stats, x, y)[0]
+    return lambda params: loss_fn(graphdef, params, None, batch_stats, x, y, task=task)[0]
 
 
 def curvature(net: Net, params, batch_stats, x, y, key) -> dict[str, jax.Array]:
@@ -134,7 +149,7 @@ def curvature(net: Net, params, batch_stats, x, y, key) -> dict[str, jax.Array]:
 
     Batchnorm in training mode (the loss that is trained), batch statistics held as they come.
     """
-    loss = batch_loss(net.graphdef, batch_stats, x, y)
+    loss = batch_loss(net.graphdef, batch_stats, x, y, net.task)
     k_power, k_trace = jax.random.split(key)
     top = instruments.top_eigenvalue(loss, params, k_power)
     trace, per_layer = curvature_trace(net.family, loss, params, k_trace)
@@ -189,7 +204,7 @@ def train_step(
 
 def bare_step(net: Net, tx, state: TrainState, x, y) -> tuple[TrainState, jax.Array]:
     """One optimizer step without per-layer statistics (the benchmarks' baseline); returns the loss."""
-    (loss, (_, new_bs)), grads = jax.value_and_grad(functools.partial(loss_fn, net.graphdef), has_aux=True)(
+    (loss, (_, new_bs)), grads = jax.value_and_grad(functools.partial(loss_fn, net.graphdef, task=net.task), has_aux=True)(
         state.params, None, state.batch_stats, x, y
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

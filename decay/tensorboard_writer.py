@@ -8,7 +8,9 @@ layer adds `grad_log10_hist/layer_XX` (a histogram of log10 |dL/dW_l|) and the s
 Instruments (decay.instruments) add, per layer, `q/`, `c/`, `dead_fraction/`, `distance_from_init/`
 (standard), `per_sample_grad_norm/`, `grad_snr/`, `b_simple/layer_XX` and the scalar
 `b_simple/all_layers` (full), and at each curvature step `hessian/top_eigenvalue`, `hessian/trace`
-and `hessian_trace/layer_XX`.
+and `hessian_trace/layer_XX`. A recurrent net's per-point values are per time step instead:
+`signal_norm/t_XXX` (`signal_norm/l1_t_XXX` for layer 1 of a stack), `cell_signal_norm/t_XXX`
+(lstm), `act_rms/t_XXX`, ...; its per-kernel values stay per layer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from decay import histograms  # noqa: E402  (after the guarded tensorboardX impo
 PER_LAYER = {
     "grad_norms": "grad_norm",
     "signal_norms": "signal_norm",
+    "cell_signal_norms": "cell_signal_norm",
     "act_rms": "act_rms",
     "update_ratio": "update_ratio",
     "weight_norms": "weight_norm",
@@ -51,6 +54,13 @@ PER_LAYER = {
     "hessian_trace_layers": "hessian_trace",
 }
 SCALARS = {"loss": "loss", "b_simple": "b_simple/all_layers"}
+PER_POINT = ("signal_norms", "cell_signal_norms", "act_rms", "q", "c", "dead_fraction")  # the rest is per layer kernel
+
+
+def time_tag(prefix: str, point: int, steps: int) -> str:
+    """`prefix/t_XXX` of a recurrent net's point (layer-major over `steps` time steps); `prefix/lK_t_XXX` past layer 0."""
+    layer, t = divmod(point, steps)
+    return f"{prefix}/{f'l{layer}_' if layer else ''}t_{t:0{max(3, len(str(steps - 1)))}d}"
 
 
 def layer_tag(prefix: str, layer: int, depth: int) -> str:
@@ -77,14 +87,17 @@ def _scalar_prefix(tag: str) -> bytes:
 class RunWriter:
     """Writes one run's scalars and histograms to `log_dir`."""
 
-    def __init__(self, log_dir: str, depth: int, tags: dict[str, list[str]] | None = None):
-        """`tags` replaces the per-layer tags of some keys (a watched model's per-parameter entries)."""
+    def __init__(self, log_dir: str, depth: int, tags: dict[str, list[str]] | None = None, points: int = 0, time_steps: int = 0):
+        """`tags` replaces the per-layer tags of some keys (a watched model's per-parameter entries); a recurrent net
+        gives its `points` (layers x `time_steps`), which name its per-point keys by time step."""
         # tensorboardX's synchronous EventsWriter: SummaryWriter's asynchronous path pickles every
         # event through a multiprocessing queue, which costs more than the training step's statistics.
         os.makedirs(log_dir, exist_ok=True)
         self._events = EventsWriter(os.path.join(log_dir, "events"))
         self._depth = depth
         self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
+        if time_steps:
+            self._tags.update({k: [time_tag(PER_LAYER[k], p, time_steps) for p in range(points)] for k in PER_POINT})
         self._tags.update(tags or {})
         self._prefixes: dict[str, list[bytes]] = {k: [_scalar_prefix(t) for t in v] for k, v in self._tags.items()}
         for key, tag in SCALARS.items():

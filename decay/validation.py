@@ -6,12 +6,14 @@ registries import it) while this module may import every registry.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from decay.config import RunConfig, SweepConfig
-from decay.data import DATASETS
+from decay.data import DATASETS, SEQUENCE, TASK_OF
 from decay.errors import ConfigError
 from decay.families import FAMILIES
+from decay.families.rnn import RECURRENT_INITS
 from decay.instruments import TIERS
 from decay.layers import ACTIVATIONS, INITIALIZERS, NORMS
 from decay.optim import OPTIMIZERS
@@ -34,7 +36,7 @@ def validate_sweep(cfg: SweepConfig) -> None:
         _check(not same, f"--learning_rates lists {', '.join(same)} more than once (rates equal to 6 digits); give each once")
     for flag in (
         "learning_rate", "weight_var", "bias_var", "clip_norm", "residual_scale", "bn_momentum", "adam_eps", "weight_decay",
-        "val_fraction",
+        "val_fraction", "input_var", "forget_bias",
     ):  # fmt: skip
         value = getattr(b, flag)
         _check(value is None or math.isfinite(value), f"--{flag}={value}; must be a finite number")
@@ -83,6 +85,16 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")
     _check(b.clip_norm is None or b.clip_norm > 0, f"--clip_norm={b.clip_norm}; must be > 0")
     _check(0.0 <= b.bn_momentum < 1.0, f"--bn_momentum={b.bn_momentum}; must be in [0, 1)")
+    _check(b.input_var is None or b.input_var > 0, f"--input_var={b.input_var}; must be > 0")
+    _check(
+        b.recurrent_init in RECURRENT_INITS,
+        f"--recurrent_init={b.recurrent_init!r} is unknown; allowed: {', '.join(RECURRENT_INITS)}",
+    )
+    if b.dataset in SEQUENCE:
+        _check(b.seq_len >= 1, f"--seq_len={b.seq_len}; --dataset={b.dataset} needs a sequence length >= 1")
+    family = FAMILIES.get(b.model)
+    for n in cfg.norms:
+        family.check(dataclasses.replace(b, norm=n), b.dataset, b.dataset in SEQUENCE, TASK_OF[b.dataset])
 
 
 def validate_run(cfg: RunConfig) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from absl import flags, logging
+from tqdm import tqdm
 
 from decay.config import RunConfig  # light: imports no JAX
 
@@ -118,3 +119,67 @@ def fmt_time(seconds: float | None) -> str:
         return "?"
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Progress of a sweep: live bars on a terminal, one line per run otherwise (CI, pipes)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.quiet = quiet
+        self.live = not quiet and sys.stderr.isatty()
+        self.runs = None
+        self.steps = None
+        if self.live:
+            fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]"
+            self.runs = tqdm(total=total, bar_format=fmt, dynamic_ncols=True)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.live:
+            tqdm.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_event(self, e) -> None:
+        if self.quiet:
+            return
+        if e.kind == "start" and self.live:
+            self.runs.set_description(e.name)
+            self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
+        elif e.kind == "skip":
+            self.line(f"[{e.index}/{e.total}] {e.name}: already in results.jsonl, skipped")
+            if self.live:
+                self.runs.update(1)
+        elif e.kind == "done":
+            if self.steps is not None:
+                self.steps.close()
+                self.steps = None
+            r = e.row
+            if r.get("task") == "regression":
+                score = "test MSE " + ("-" if r["test_loss"] is None else f"{r['test_loss']:.4f}")
+            else:
+                score = "test acc " + ("-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}%")
+            chi = "-" if r["chi"] is None else f"{r['chi']:.3f}"
+            div = f" DIVERGED at step {r['diverged_at_step']}" if r["diverged"] else ""
+            self.line(
+                f"[{e.index}/{e.total}] {e.name}: chi {chi} ({r['verdict']}), {score}{div}"
+                f" | {r['wall_time_s']:.1f}s, elapsed {fmt_time(e.elapsed_s)}, left ~{fmt_time(e.eta_s)}"
+            )
+            if self.live:
+                self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
+                self.runs.update(1)
+
+    def on_step(self, p) -> None:
+        if not self.live:
+            return
+        if self.steps is None:
+            self.steps = tqdm(total=p.total, desc="  steps", leave=False, dynamic_ncols=True)
+        self.steps.update(p.step - self.steps.n)
+        self.steps.set_postfix_str(f"loss {p.loss:.3f}")
+
+    def close(self) -> None:
+        if self.steps is not None:
+            self.steps.close()
+        if self.runs is not None:
+            self.runs.close()

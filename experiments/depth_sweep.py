@@ -19,10 +19,9 @@ import shlex
 import sys
 
 from absl import app, flags
-from tqdm import tqdm
 
 from decay.config import DEFAULT_LEARNING_RATES, SweepConfig
-from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, parse_list, run_config
+from experiments._cli import Progress, define_run_flags, fail, parse_flags, parse_list, run_config
 
 _D = SweepConfig()  # the grid's defaults
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
@@ -38,67 +37,6 @@ _SEEDS = flags.DEFINE_integer("seeds", _D.seeds, "Seeds per grid point (0..seeds
 # Every other setting of a run: one flag per RunConfig field, with its default and help.
 _RUN = define_run_flags(skip=("depth", "activation", "norm", "seed", "learning_rate"))
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only the final table.")
-
-
-class Progress:
-    """Progress of a sweep: live bars on a terminal, one line per run otherwise (CI, pipes)."""
-
-    def __init__(self, total: int, quiet: bool):
-        self.quiet = quiet
-        self.live = not quiet and sys.stderr.isatty()
-        self.runs = None
-        self.steps = None
-        if self.live:
-            fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]"
-            self.runs = tqdm(total=total, bar_format=fmt, dynamic_ncols=True)
-
-    def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.live:
-            tqdm.write(text)
-        else:
-            print(text, flush=True)
-
-    def on_event(self, e) -> None:
-        if self.quiet:
-            return
-        if e.kind == "start" and self.live:
-            self.runs.set_description(e.name)
-            self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
-        elif e.kind == "skip":
-            self.line(f"[{e.index}/{e.total}] {e.name}: already in results.jsonl, skipped")
-            if self.live:
-                self.runs.update(1)
-        elif e.kind == "done":
-            if self.steps is not None:
-                self.steps.close()
-                self.steps = None
-            r = e.row
-            acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}%"
-            chi = "-" if r["chi"] is None else f"{r['chi']:.3f}"
-            div = f" DIVERGED at step {r['diverged_at_step']}" if r["diverged"] else ""
-            self.line(
-                f"[{e.index}/{e.total}] {e.name}: chi {chi} ({r['verdict']}), test acc {acc}{div}"
-                f" | {r['wall_time_s']:.1f}s, elapsed {fmt_time(e.elapsed_s)}, left ~{fmt_time(e.eta_s)}"
-            )
-            if self.live:
-                self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
-                self.runs.update(1)
-
-    def on_step(self, p) -> None:
-        if not self.live:
-            return
-        if self.steps is None:
-            self.steps = tqdm(total=p.total, desc="  steps", leave=False, dynamic_ncols=True)
-        self.steps.update(p.step - self.steps.n)
-        self.steps.set_postfix_str(f"loss {p.loss:.3f}")
-
-    def close(self) -> None:
-        if self.steps is not None:
-            self.steps.close()
-        if self.runs is not None:
-            self.runs.close()
 
 
 def main(argv: list[str]) -> None:

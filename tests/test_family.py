@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from decay import data
+from decay.data import Dataset
 from decay.families import FAMILIES, build, of
 from decay.program import init_state
 from decay.step import batch_indices, loss_fn
@@ -19,20 +21,38 @@ from tests.conftest import tiny_config
 SCALARS = ("loss", "finite", "b_simple")  # the step's statistics that are not per layer
 
 
+PER_POINT = {"signal_norms", "act_rms", "q", "c", "dead_fraction"}  # per probe point; the rest per layer kernel
+
+
 def _family_config(name: str, **overrides):
-    """A tiny config of family `name`: depth 3, or 1 where the family cannot be built deeper (seed_cnn)."""
+    """A tiny config of family `name`: depth 3, or 1 where the family cannot be built deeper (seed_cnn); batchnorm,
+    or the last norm the family supports; a sequence family on the adding problem."""
     fam = FAMILIES.get(name)
     depth = next(d for d in (3, 1) if fam.depths_rule((d,)) is None)
-    settings = dict(model=name, depth=depth, norm="batchnorm", activation="relu") | overrides
+    norm = "batchnorm" if fam.norms is None or "batchnorm" in fam.norms else fam.norms[-1]
+    settings = dict(model=name, depth=depth, norm=norm, activation="relu") | overrides
+    if fam.sequence:
+        settings["dataset"] = "adding"
     return fam, tiny_config(**settings)
 
 
+@pytest.fixture(scope="module")
+def tiny_adding():
+    """112 adding-problem sequences of 6 steps: 64 train, 32 test, 16 validation."""
+    x, y = data.adding_problem(112, 6, np.random.default_rng(0))
+    ds = Dataset("adding", x[:64], y[:64], x[64:96], y[64:96], 1, x[96:], y[96:])
+    return ds._replace(task="regression", chance_loss=data.ADDING_CHANCE)
+
+
 @pytest.mark.parametrize("name", FAMILIES.names())
-def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data):
+def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data, tiny_adding):
     fam, cfg = _family_config(name, instruments="full")  # every per-layer statistic of the train step
+    tiny_data = tiny_adding if fam.sequence else tiny_data
     assert of(cfg) is fam and fam.name == name
     prog, state = init_state(cfg, tiny_data)
-    points = fam.points(cfg)
+    in_shape = tiny_data.x_train.shape[1:]
+    points = fam.points(cfg, in_shape)
+    assert points == (cfg.depth * in_shape[0] if fam.sequence else cfg.depth)
     assert prog.net.family is fam and prog.net.points == points
     x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
     new_state, stats = prog.train_chunk(state, x, y, jax.random.key(0), n_steps=2)
@@ -41,16 +61,18 @@ def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data):
     assert bool(np.all(stats["finite"])), "non-finite loss or gradient in two tiny steps"
     per_layer = {k: v for k, v in stats.items() if k not in SCALARS}
     expected = {"grad_norms", "signal_norms", "act_rms", "weight_norms", "update_ratio", "q", "c", "dead_fraction", "distance"}
+    expected |= set(fam.signal_parts[1:])  # an LSTM's cell_signal_norms
     if fam.per_sample:
         expected |= {"per_sample_grad_norm", "grad_snr", "b_simple_layers"}
     assert set(per_layer) == expected
     for key, v in per_layer.items():
-        assert v.shape == (2, points), key
-        assert np.all(np.isfinite(v)), key
+        assert v.shape == (2, points if key in PER_POINT | set(fam.signal_parts) else cfg.depth), key
+        if key != "dead_fraction":  # NaN where the activation is not ReLU-like (a gated cell's tanh candidate is)
+            assert np.all(np.isfinite(v)), key
     assert np.all(stats["grad_norms"] > 0) and np.all(stats["signal_norms"] > 0)
-    # layer_kernels: one kernel per probe point, layer axis first, in the order of the probes.
+    # layer_kernels: one kernel per layer (per probe point of a feed-forward family), layer axis first, in order.
     kernels = fam.layer_kernels(nnx.to_pure_dict(state.params))
-    assert sum(k.shape[0] for k in kernels) == points
+    assert sum(k.shape[0] for k in kernels) == cfg.depth
     norms = np.concatenate([np.sqrt(np.sum(np.square(np.asarray(k, np.float64)).reshape(k.shape[0], -1), 1)) for k in kernels])
     np.testing.assert_allclose(norms, stats["weight_norms"][0], rtol=1e-5)
     before, after = jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)
@@ -60,13 +82,17 @@ def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data):
     # probe point, and its per-point norms are the signal norms the train step recorded at step 0.
     idx = batch_indices(jax.random.key(0), jnp.int32(0), x.shape[0], cfg.batch_size)
     xb, yb = x[idx], y[idx]
-    shape = fam.probe_shape(cfg, tiny_data.x_train.shape[1:], cfg.batch_size)
-    assert shape == (points, cfg.batch_size, *fam.point_shape(cfg, tiny_data.x_train.shape[1:]))
+    shape = fam.probe_shape(cfg, in_shape, cfg.batch_size)
+    assert shape == (points, cfg.batch_size, *fam.point_shape(cfg, in_shape))
     assert shape[2:] == prog.net.point_shape
-    signal = jax.jit(jax.grad(lambda p: loss_fn(prog.graphdef, state.params, p, state.batch_stats, xb, yb)[0]))(jnp.zeros(shape))
+    task = prog.net.task
+    signal = jax.jit(jax.grad(lambda p: loss_fn(prog.graphdef, state.params, p, state.batch_stats, xb, yb, task=task)[0]))(
+        jnp.zeros(shape)
+    )
     assert signal.shape == shape
-    norms = np.sqrt(np.sum(np.square(np.asarray(signal, np.float64)).reshape(points, -1), axis=1))
-    np.testing.assert_allclose(norms, stats["signal_norms"][0], rtol=1e-4)
+    for part, values in zip(fam.signal_parts, np.split(np.asarray(signal, np.float64), len(fam.signal_parts), -1), strict=True):
+        norms = np.sqrt(np.sum(np.square(values).reshape(points, -1), axis=1))
+        np.testing.assert_allclose(norms, stats[part][0], rtol=1e-4)
     # representation: what the head reads, per example (the Jacobian's output in decay.analysis).
     rep = fam.representation(build(cfg, tiny_data.x_train.shape[1:], tiny_data.num_classes), xb[:2])
     assert rep.shape[0] == 2 and np.all(np.isfinite(np.asarray(rep)))
