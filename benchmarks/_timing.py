@@ -21,3 +21,14 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[st
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes a benchmark's figures and raw timings as indented JSON (the folder made if need be)."""
+    import json
+    import os
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")

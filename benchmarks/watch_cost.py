@@ -13,8 +13,6 @@ jitted with nnx.jit as a user writes it. Interleaved, medians of `--repeats` tim
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 
 import jax
@@ -25,7 +23,7 @@ from absl import app, flags
 from flax import nnx
 
 import decay
-from benchmarks._timing import interleaved
+from benchmarks._timing import interleaved, write_json
 from examples import resnet, transformer
 
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repetitions (medians reported).")
@@ -103,10 +101,7 @@ def main(argv: list[str]) -> None:
         for k, v in per_step.items():
             print(f"  {k:<10} {1e3 * v:8.3f} ms  {v / per_step['bare']:6.3f}x bare")
     if _JSON.value:
-        os.makedirs(os.path.dirname(_JSON.value) or ".", exist_ok=True)
-        with open(_JSON.value, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
+        write_json(_JSON.value, out)
 
 
 if __name__ == "__main__":

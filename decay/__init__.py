@@ -14,6 +14,8 @@ _LAZY = {
     "RunConfig": ("decay.config", "RunConfig"),
     "SweepConfig": ("decay.config", "SweepConfig"),
     "run_sweep": ("decay.studies.depth_sweep", "run_sweep"),
+    "run_time_sweep": ("decay.studies.time_sweep", "run_time_sweep"),
+    "TimeSweepConfig": ("decay.studies.time_sweep", "TimeSweepConfig"),
     "gradients": ("decay.step", "gradients"),
     "train_run": ("decay.loop", "train_run"),
     "train_runs": ("decay.loop", "train_runs"),

@@ -15,10 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from decay import checkpoints, instruments, program, step, theory
+from decay import checkpoints, instruments, program, step, tasks, theory
 from decay.config import RunConfig
 
 
@@ -76,7 +75,8 @@ def load_run(run_dir: str, step: int | None = None, model: nnx.Module | None = N
 
 def gradients(run: LoadedRun, x: jax.Array, y: jax.Array, train_mode: bool = True) -> nnx.State:
     """dL/dparams for the batch: a pytree shaped like `run.params` (batchnorm in training mode by default)."""
-    return step.gradients(nnx.merge(run.program.graphdef, run.params, run.batch_stats), x, y, train=train_mode)
+    model = nnx.merge(run.program.graphdef, run.params, run.batch_stats)
+    return step.gradients(model, x, y, train=train_mode, task=run.program.net.task)
 
 
 def layer_stats(run: LoadedRun, x: jax.Array, y: jax.Array) -> dict[str, np.ndarray]:
@@ -202,8 +202,8 @@ def per_sample_gradients(run: LoadedRun, x: jax.Array, y: jax.Array) -> nnx.Stat
     graphdef = run.program.graphdef
 
     def one(params, xi, yi):
-        logits, _, _ = step.apply(graphdef, params, run.batch_stats, xi[None], None, False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None]).mean()
+        out, _, _ = step.apply(graphdef, params, run.batch_stats, xi[None], None, False)
+        return tasks.mean_loss(run.program.net.task, out, yi[None])
 
     fn = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
     return fn(run.params, jnp.asarray(x), jnp.asarray(y))

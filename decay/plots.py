@@ -536,7 +536,8 @@ def layer_comparison(stats: dict[str, Sequence[Any]], stats0: dict[str, Sequence
             x = np.arange(len(lg))
             ax.plot(x, lg, marker="o", ms=3, color=color, label=name)
             mark_special(ax, x, masks, color)
-        ax.set_xlabel("layer l  (0 = input side)")
+        per_point = key in ("signal_norms", "act_rms")  # a recurrent net's points are its time steps
+        ax.set_xlabel("probe point: layer l, or time step t  (0 = input side)" if per_point else "layer l  (0 = input side)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -799,18 +800,19 @@ def time_gradient_figure(summary: Sequence[dict[str, Any]], variants: Sequence[s
 
 
 def time_score_figure(summary: Sequence[dict[str, Any]], variants: Sequence[str], solved: float, baseline: float) -> Any:
-    """Test MSE at the validation-chosen rate against T per variant: mean and 95% interval over seeds."""
+    """Test MSE at the validation-chosen rate against T per variant: the mean over seeds (line) and every seed (dots)."""
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for i, v in enumerate(variants):
         mine = sorted((s for s in summary if s["variant"] == v), key=lambda s: s["seq_len"])
         if not mine:
             continue
-        t = np.array([s["seq_len"] for s in mine], float) * (1.0 + 0.03 * (i - len(variants) / 2))  # spread markers
+        shift = 1.0 + 0.03 * (i - len(variants) / 2)  # spreads the variants' markers around each T
+        t = np.array([s["seq_len"] for s in mine], float) * shift
         mean = np.array([np.nan if s["test_mse"]["mean"] is None else s["test_mse"]["mean"] for s in mine])
-        lo = np.array([np.nan if s["test_mse"]["lo"] is None else s["test_mse"]["lo"] for s in mine])
-        hi = np.array([np.nan if s["test_mse"]["hi"] is None else s["test_mse"]["hi"] for s in mine])
-        err = np.vstack([np.nan_to_num(mean - np.maximum(lo, 1e-6), nan=0.0), np.nan_to_num(hi - mean, nan=0.0)])
-        ax.errorbar(t, mean, yerr=err, marker="o", ms=4, capsize=3, color=ACT_COLORS(i), label=v)
+        ax.plot(t, mean, "-o", ms=5, color=ACT_COLORS(i), label=v)
+        for s in mine:  # every seed at the chosen rate, so that the spread is seen as it is
+            seeds = as_float_array(s["test_mse_values"])
+            ax.plot(np.full(seeds.shape, s["seq_len"] * shift), seeds, ".", ms=4, alpha=0.5, color=ACT_COLORS(i))
     ax.axhline(baseline, color="gray", ls="--", lw=1)
     ax.text(ax.get_xlim()[0] if False else 1.0, baseline, " predict 1 (MSE 1/6)", va="bottom", fontsize=8, color="gray",
             transform=transforms.blended_transform_factory(ax.transAxes, ax.transData), ha="right")  # fmt: skip

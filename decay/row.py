@@ -101,12 +101,12 @@ FIELDS: tuple[Field, ...] = (
         "basic",
         "per layer ||dL/dh_l|| at step 0 (through the probes); recurrent: per time step ||dL/dh_t||, layer-major",
     ),
-    _F("cell_signal_norms_init", "list[float]", "basic", "lstm: per time step ||dL/dc_t|| of the cell state at step 0"),
+    _F("cell_signal_norms_init", "list[float] | null", "basic", "lstm: per time step ||dL/dc_t|| of the cell state at step 0"),
     _F("act_rms_init", "list[float]", "basic", "per layer RMS of the post-activation output at step 0"),
     _F("weight_norms_init", "list[float]", "basic", "per layer ||W_l|| at step 0"),
     _F("grad_norms_final", "list[float]", "basic", "per layer ||dL/dW_l|| at the last finite step"),
     _F("signal_norms_final", "list[float]", "basic", "per layer ||dL/dh_l|| at the last finite step"),
-    _F("cell_signal_norms_final", "list[float]", "basic", "lstm: per time step ||dL/dc_t|| at the last finite step"),
+    _F("cell_signal_norms_final", "list[float] | null", "basic", "lstm: per time step ||dL/dc_t|| at the last finite step"),
     _F("act_rms_final", "list[float]", "basic", "per layer act RMS at the last finite step"),
     _F("weight_norms_final", "list[float]", "basic", "per layer ||W_l|| at the last finite step"),
     _F("update_ratio_final", "list[float]", "basic", "per layer ||delta W_l|| / ||W_l|| of the last finite step"),
@@ -386,6 +386,9 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "init": "mean_field" if cfg.weight_var is not None else resolve_init(cfg.init, cfg.activation),
         "weight_var": cfg.weight_var,
         "bias_var": cfg.bias_var,
+        "recurrent_init": None,  # the recurrent families' own settings (Family.row_fields), null for the others
+        "input_var": None,
+        "forget_bias": None,
         **(fam.row_fields(cfg) if fam.row_fields else {}),
         "residual": cfg.residual,
         "residual_scale": cfg.residual_scale,
@@ -429,6 +432,9 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         **_instrument_fields(cfg, dataset, init_stats, last_stats, record.curvature),
         "history": record.history,
         "loss_history": record.loss_history,
+        # The cell path of an LSTM (Family.signal_parts); null where a family has none.
+        "cell_signal_norms_init": None,
+        "cell_signal_norms_final": None,
         **{
             f"{part}_{when}": _to_list(stats[part])
             for part in fam.signal_parts[1:]

@@ -219,15 +219,15 @@ def batch_indices(data_key: jax.Array, step: jax.Array, n_train: int, batch_size
     return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
 
 
-def gradients(model: nnx.Module, x: jax.Array, y: jax.Array, train: bool = True) -> nnx.State:
-    """The gradient of the mean cross-entropy w.r.t. every parameter: a pytree shaped like the params."""
+def gradients(model: nnx.Module, x: jax.Array, y: jax.Array, train: bool = True, task: str = "classification") -> nnx.State:
+    """The gradient of the task's mean loss (cross-entropy by default) w.r.t. every parameter: a pytree like the params."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
 
     @jax.jit
     def grad_fn(params, batch_stats, x, y):
         def loss(p, bs):
-            logits, _, _ = apply(graphdef, p, bs, x, None, train)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            out, _, _ = apply(graphdef, p, bs, x, None, train)
+            return tasks.mean_loss(task, out, y)
 
         return jax.grad(loss)(params, batch_stats)
 

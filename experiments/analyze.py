@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         run = analysis.load_run(_RUN_DIR.value, _STEP.value)
         run0 = analysis.load_run(_RUN_DIR.value, 0)
         cfg = run.config
-        ds = data_lib.load(cfg.dataset, cfg.data_dir, cfg.data_seed, cfg.val_fraction)
+        ds = data_lib.load_for(cfg)
     except ConfigError as e:
         fail(str(e))
     n = min(_EXAMPLES.value, ds.x_train.shape[0])

@@ -61,10 +61,10 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or f"runs/depth_sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     command = " ".join(["python -m experiments.depth_sweep", *(shlex.quote(a) for a in sys.argv[1:])])
 
-    from decay.validation import validate_sweep
+    from decay.studies.depth_sweep import check_sweep
 
     try:
-        validate_sweep(cfg)  # bad flags stop here, before anything is printed
+        check_sweep(cfg)  # bad flags stop here, before anything is printed
     except ConfigError as e:
         fail(str(e))
     n_runs = len(cfg.runs())

@@ -30,11 +30,20 @@ _VARIANTS = flags.DEFINE_list(
     "Recurrent variants (decay.studies.time_sweep.VARIANTS).",
 )
 _SEQ_LENS = flags.DEFINE_list("seq_lens", ["10", "30", "100"], "Sequence lengths T of the adding problem.")
-_LRS = flags.DEFINE_list("learning_rates", ["0.001", "0.01"], "Learning rates; each (variant, T) is tuned on validation.")
+_LRS = flags.DEFINE_list("learning_rates", ["0.003", "0.01"], "Learning rates; each (variant, T) is tuned on validation.")
+_DEPTHS = flags.DEFINE_list("depths", ["1"], "Stacked recurrent layers (mean-field theory covers one).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per grid point (0..seeds-1).")
 _RUN = define_run_flags(
-    only=("width", "batch_size", "steps", "eval_every", "optimizer", "data_seed", "instruments", "depth"),
-    defaults={"width": 32, "batch_size": 64, "steps": 1500, "eval_every": 250, "optimizer": "adam", "depth": 1},
+    only=("width", "batch_size", "steps", "eval_every", "optimizer", "data_seed", "instruments"),
+    defaults={
+        "width": 32,
+        "batch_size": 64,
+        "steps": 1500,
+        "eval_every": 250,
+        "optimizer": "adam",
+        "depth": 1,
+        "instruments": "basic",
+    },
 )
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress output; print only where the report is.")
 
@@ -47,10 +56,16 @@ def main(argv: list[str]) -> None:
 
     seq_lens = parse_list("seq_lens", _SEQ_LENS.value, int, "integers >= 1, e.g. 10,30,100")
     lrs = parse_list("learning_rates", _LRS.value, float, "numbers > 0, e.g. 0.001,0.01")
+    depths = parse_list("depths", _DEPTHS.value, int, "integers >= 1, e.g. 1,2")
     flagged = run_config(_RUN)
     base = dataclasses.replace(TimeSweepConfig().base, **{k: getattr(flagged, k) for k in _RUN})
     cfg = TimeSweepConfig(
-        base=base, variants=tuple(_VARIANTS.value), seq_lens=tuple(seq_lens), seeds=_SEEDS.value, learning_rates=tuple(lrs)
+        base=base,
+        variants=tuple(_VARIANTS.value),
+        seq_lens=tuple(seq_lens),
+        depths=tuple(depths),
+        seeds=_SEEDS.value,
+        learning_rates=tuple(lrs),
     )
     try:
         validate(cfg)

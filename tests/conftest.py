@@ -45,6 +45,16 @@ def tiny_data() -> Dataset:
 
 
 @pytest.fixture(scope="session")
+def tiny_adding() -> Dataset:
+    """112 adding-problem sequences of 5 steps: 64 train, 32 test, 16 validation (the recurrent families' tiny data)."""
+    from decay import data
+
+    x, y = data.adding_problem(112, 5, np.random.default_rng(0))
+    ds = Dataset("adding", x[:64], y[:64], x[64:96], y[64:96], 1, x[96:], y[96:])
+    return ds._replace(task="regression", chance_loss=data.ADDING_CHANCE)
+
+
+@pytest.fixture(scope="session")
 def full_row(tiny_data) -> dict:
     """The row of one tiny mlp run at the full instrument tier, curvature at every step (tanh: NaN dead fractions)."""
     from decay.loop import train_run

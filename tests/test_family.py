@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from decay import data
-from decay.data import Dataset
 from decay.families import FAMILIES, build, of
 from decay.program import init_state
 from decay.step import batch_indices, loss_fn
@@ -34,14 +32,6 @@ def _family_config(name: str, **overrides):
     if fam.sequence:
         settings["dataset"] = "adding"
     return fam, tiny_config(**settings)
-
-
-@pytest.fixture(scope="module")
-def tiny_adding():
-    """112 adding-problem sequences of 6 steps: 64 train, 32 test, 16 validation."""
-    x, y = data.adding_problem(112, 6, np.random.default_rng(0))
-    ds = Dataset("adding", x[:64], y[:64], x[64:96], y[64:96], 1, x[96:], y[96:])
-    return ds._replace(task="regression", chance_loss=data.ADDING_CHANCE)
 
 
 @pytest.mark.parametrize("name", FAMILIES.names())

@@ -12,18 +12,22 @@ from decay.families import FAMILIES
 from decay.loop import train_run
 from tests.conftest import ROOT, tiny_config
 
-# basic and standard on every family; full (curvature, per-sample statistics) on mlp.
-CASES = [(tier, name) for tier in ("basic", "standard") for name in FAMILIES.names()] + [("full", "mlp")]
+# basic and standard on every feed-forward family and on the lstm (the recurrent family with every part: its
+# rnn and gru siblings build the row the same way); full (curvature, per-sample statistics) on mlp.
+NAMES = [n for n in FAMILIES.names() if not FAMILIES.get(n).sequence] + ["lstm"]
+CASES = [(tier, name) for tier in ("basic", "standard") for name in NAMES] + [("full", "mlp")]
 
 
 @pytest.mark.parametrize("tier, name", CASES)
-def test_row_keys_are_exactly_those_of_its_tier(tier, name, tiny_data, request):
+def test_row_keys_are_exactly_those_of_its_tier(tier, name, tiny_data, tiny_adding, request):
     fam = FAMILIES.get(name)
     if (tier, name) == ("full", "mlp"):
         r = request.getfixturevalue("full_row")  # shared with test_instruments
     else:
-        depth = next(d for d in (3, 1) if fam.depths_rule((d,)) is None)
-        r = train_run(tiny_config(model=name, depth=depth, instruments=tier, steps=1), tiny_data)
+        depth = next(d for d in (2, 1) if fam.depths_rule((d,)) is None)
+        dataset = tiny_adding if fam.sequence else tiny_data
+        extra = {"dataset": "adding", "norm": "none"} if fam.sequence else {}
+        r = train_run(tiny_config(model=name, depth=depth, instruments=tier, steps=1, **extra), dataset)
     assert r["model"] == name and r["instruments"] == tier
     assert tuple(r) == row.keys_for(tier, with_per_sample=fam.per_sample)
 

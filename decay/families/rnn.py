@@ -47,6 +47,7 @@ from decay.layers import ACTIVATIONS, INITIALIZERS, bias_init, kernel_init, reso
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 RECURRENT_INITS = ("auto", "identity", *INITIALIZERS.names())  # --recurrent_init values
 LN_EPS = 1e-5
+NORMS = ("none", "layernorm")  # per gate and per time step
 
 
 def recurrent_init_name(cfg: RunConfig) -> str:
@@ -107,6 +108,8 @@ class Recurrent(nnx.Module):
     """One recurrent layer of `kind` over a whole sequence, with optional probes on its states."""
 
     def __init__(self, kind: str, in_features: int, cfg: RunConfig, *, rngs: nnx.Rngs):
+        if cfg.norm not in NORMS:
+            raise ConfigError(f"--norm={cfg.norm} is not supported by --model={kind}; allowed: {', '.join(NORMS)}")
         g, w = GATES[kind], cfg.width
         self.kind, self.width = kind, w
         self.input = nnx.Linear(in_features, g * w, kernel_init=_input_init(cfg), bias_init=_bias_init(cfg, kind), rngs=rngs)
@@ -117,35 +120,38 @@ class Recurrent(nnx.Module):
         self.act = ACTIVATIONS.get(cfg.activation)
         self.relu_like = cfg.activation in instruments.RELU_LIKE
 
-    def _norm(self, pre: jax.Array, gates: slice) -> jax.Array:
-        """pre [B, gates, W]: the identity, or a layer norm over each gate's W units."""
+    def _gates(self, pre: jax.Array, first: int, count: int) -> list[jax.Array]:
+        """The gate blocks first..first+count-1 of pre [B, count * W] as [B, W] arrays, each layer-normed when the
+        layer has a norm (contiguous slices of the last axis: no transposed copies)."""
+        w = self.width
+        blocks = [pre[:, k * w : (k + 1) * w] for k in range(count)]
         if self.ln is None:
-            return pre
-        mean = jnp.mean(pre, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(pre - mean), axis=-1, keepdims=True)
-        return (pre - mean) * jax.lax.rsqrt(var + LN_EPS) * self.ln.scale[gates] + self.ln.shift[gates]
+            return blocks
+        out = []
+        for k, a in enumerate(blocks):
+            mean = jnp.mean(a, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(a - mean), axis=-1, keepdims=True)
+            out.append((a - mean) * jax.lax.rsqrt(var + LN_EPS) * self.ln.scale[first + k] + self.ln.shift[first + k])
+        return out
 
     def cell(self, carry, xu, w_rec, b_rec, p=None):
         """One time step, probes `p` [B, W * parts] added to the new state(s): (new carry, the pre-activation
         whose sign the dead-unit count reads)."""
-        b, width = xu.shape[0], self.width
+        width = self.width
         h = carry[0]
         p_h = 0.0 if p is None else p[:, :width]
         if self.kind == "rnn":
-            pre = self._norm((xu + h @ w_rec).reshape(b, 1, width), slice(0, 1))[:, 0]
+            (pre,) = self._gates(xu + h @ w_rec, 0, 1)
             return (self.act(pre) + p_h,), pre
         if self.kind == "lstm":
-            pre = self._norm((xu + h @ w_rec).reshape(b, 4, width), slice(0, 4))
-            i, f, g, o = (pre[:, k] for k in range(4))
+            i, f, g, o = self._gates(xu + h @ w_rec, 0, 4)
             c = jax.nn.sigmoid(f) * carry[1] + jax.nn.sigmoid(i) * self.act(g)
             if p is not None:  # c_t gets its probe before h_t = o phi(c_t) is formed from it
                 c = c + p[:, width:]
             return (jax.nn.sigmoid(o) * self.act(c) + p_h, c), g
-        hw = (h @ w_rec + b_rec).reshape(b, 3, width)
-        x3 = xu.reshape(b, 3, width)
-        rz = jax.nn.sigmoid(self._norm(x3[:, :2] + hw[:, :2], slice(0, 2)))
-        pre_n = self._norm((x3[:, 2] + rz[:, 0] * hw[:, 2])[:, None], slice(2, 3))[:, 0]
-        z = rz[:, 1]
+        hw = h @ w_rec + b_rec
+        r, z = (jax.nn.sigmoid(a) for a in self._gates(xu[:, : 2 * width] + hw[:, : 2 * width], 0, 2))
+        (pre_n,) = self._gates(xu[:, 2 * width :] + r * hw[:, 2 * width :], 2, 1)
         return ((1.0 - z) * self.act(pre_n) + z * h + p_h,), pre_n
 
     def __call__(self, x: jax.Array, probes: jax.Array | None, stats: bool = False):
@@ -291,7 +297,7 @@ def _family(kind: str) -> Family:
         no_theory="no theory: gated cells (lstm, gru) have no mean-field theory here" if gated else "",
         tasks=("classification", "regression", "per_position"),
         sequence=True,
-        norms=("none", "layernorm"),
+        norms=NORMS,
         count_points=lambda cfg, shape: cfg.depth * shape[0],
         signal_parts=parts,
         chi_points=lambda cfg, shape: (0, shape[0]),  # along time, in the first layer

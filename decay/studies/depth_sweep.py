@@ -9,14 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from decay import loop, report
+from decay import families, loop, report
 from decay.config import SweepConfig
+from decay.errors import ConfigError
 from decay.runner import Event, Runner
 from decay.validation import validate_sweep
 
-__all__ = ["Event", "run_sweep"]
+__all__ = ["Event", "check_sweep", "run_sweep"]
 
 SWEPT = tuple(f"base.{k}" for k in report.SWEPT)  # set per run, not compared on resume
+
+
+def check_sweep(cfg: SweepConfig) -> None:
+    """ConfigError (one line) for invalid settings, or a family the depth sweep does not serve."""
+    validate_sweep(cfg)
+    if families.of(cfg.base).sequence:  # its report reads per-layer arrays; a recurrent net's points are time steps
+        raise ConfigError(
+            f"--model={cfg.base.model} is recurrent: sweep it along time with python -m experiments.time_sweep"
+            " (--depths stacks recurrent layers there)"
+        )
 
 
 def run_sweep(
@@ -36,7 +47,7 @@ def run_sweep(
 
     Raises ConfigError for invalid settings, or when `workdir` holds a different sweep.
     """
-    validate_sweep(cfg)
+    check_sweep(cfg)
     runner = Runner(workdir, cfg.to_json(), cfg.base, run_folders=True, command=command, ignore=SWEPT)
     rows = runner.run(cfg.runs(), on_event, on_progress)
     if write_report:

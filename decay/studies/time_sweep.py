@@ -65,22 +65,24 @@ class TimeSweepConfig:
         checkpoint_every=0,
         optimizer="adam",
         learning_rate=3e-3,
-        instruments="standard",
+        instruments="basic",
     )
     variants: tuple[str, ...] = tuple(VARIANTS)
     seq_lens: tuple[int, ...] = (10, 30, 100)
+    depths: tuple[int, ...] = (1,)  # stacked recurrent layers (theory covers one)
     seeds: int = 3
-    learning_rates: tuple[float, ...] = (1e-3, 1e-2)
+    learning_rates: tuple[float, ...] = (3e-3, 1e-2)
 
-    def config(self, variant: str, seq_len: int, learning_rate: float, seed: int) -> RunConfig:
+    def config(self, variant: str, seq_len: int, learning_rate: float, seed: int, depth: int = 1) -> RunConfig:
         """The run of one grid point."""
         settings, _ = VARIANTS[variant]
-        return dataclasses.replace(self.base, seq_len=seq_len, learning_rate=learning_rate, seed=seed, **settings)
+        return dataclasses.replace(self.base, seq_len=seq_len, depth=depth, learning_rate=learning_rate, seed=seed, **settings)
 
     def runs(self) -> list[tuple[str, RunConfig]]:
         """(variant, config) of every run; learning rates and seeds innermost so that one program serves them."""
         return [
-            (v, self.config(v, t, lr, s))
+            (v, self.config(v, t, lr, s, d))
+            for d in self.depths
             for t in self.seq_lens
             for v in self.variants
             for lr in self.learning_rates
@@ -92,6 +94,7 @@ class TimeSweepConfig:
             "base": self.base.to_json(),
             "variants": list(self.variants),
             "seq_lens": list(self.seq_lens),
+            "depths": list(self.depths),
             "seeds": self.seeds,
             "learning_rates": list(self.learning_rates),
         }
@@ -108,6 +111,8 @@ def validate(cfg: TimeSweepConfig) -> None:
         raise ConfigError(f"--seq_lens={','.join(map(str, cfg.seq_lens))}; give distinct integers >= 1, e.g. 10,30,100")
     if not cfg.learning_rates or any(not (math.isfinite(lr) and lr > 0) for lr in cfg.learning_rates):
         raise ConfigError("--learning_rates must be numbers > 0, e.g. 0.001,0.01")
+    if not cfg.depths or any(d < 1 for d in cfg.depths) or len(set(cfg.depths)) != len(cfg.depths):
+        raise ConfigError(f"--depths={','.join(map(str, cfg.depths))}; give distinct integers >= 1, e.g. 1,2")
     if cfg.seeds < 1:
         raise ConfigError(f"--seeds={cfg.seeds}; must be an integer >= 1")
     if TASK_OF.get(cfg.base.dataset) != "regression":
@@ -147,37 +152,37 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: TimeSweepConfig) -> list[dict
     """Per (variant, T): the learning rate chosen on validation and, at it, test MSE over seeds, solved seeds,
     diverged seeds, and the gradient measured at initialization against theory."""
     out = []
-    for t in cfg.seq_lens:
-        for v in cfg.variants:
-            group = [r for r in rows if r["variant"] == v and r["seq_len"] == t]
-            if not group:
-                continue
-            choice = stats.best_by_validation(group, lambda r: r["learning_rate"], by="loss")
-            best = choice.rows
-            chis = [r["chi"] for r in group if r["chi"] is not None]  # at initialization: every rate and seed
-            mse = _mse_summary(best)
-            out.append(
-                {
-                    "variant": v,
-                    "seq_len": t,
-                    "learning_rate": choice.value,
-                    "at_edge": choice.at_edge,
-                    "seeds": len(best),
-                    "test_mse": mse._asdict(),
-                    "test_mse_values": [r["test_loss"] for r in best],
-                    "solved": sum(1 for r in best if r["test_loss"] is not None and r["test_loss"] < SOLVED_MSE),
-                    "diverged": sum(1 for r in best if r["diverged"]),
-                    "diverged_any_rate": sum(1 for r in group if r["diverged"]),
-                    "chi": stats.mean_std_ci(chis)._asdict(),
-                    "chi_theory": group[0]["chi_theory"],
-                    "theory": group[0]["theory"],
-                    "verdict": metrics.group_verdict(group),
-                    "gain": _gain(chis, t),
-                    "signal_init": _mean_profile([r["signal_norms_init"][:t] for r in group]),
-                    "cell_signal_init": _mean_profile([r.get("cell_signal_norms_init", [])[:t] for r in group]) or None,
-                    "signal_theory": group[0]["signal_profile_theory"],
-                }
-            )
+    for d, t, v in ((d, t, v) for d in cfg.depths for t in cfg.seq_lens for v in cfg.variants):
+        group = [r for r in rows if r["variant"] == v and r["seq_len"] == t and r["depth"] == d]
+        if not group:
+            continue
+        choice = stats.best_by_validation(group, lambda r: r["learning_rate"], by="loss")
+        best = choice.rows
+        chis = [r["chi"] for r in group if r["chi"] is not None]  # at initialization: every rate and seed
+        mse = _mse_summary(best)
+        out.append(
+            {
+                "variant": v,
+                "seq_len": t,
+                "depth": d,
+                "learning_rate": choice.value,
+                "at_edge": choice.at_edge,
+                "seeds": len(best),
+                "test_mse": mse._asdict(),
+                "test_mse_values": [r["test_loss"] for r in best],
+                "solved": sum(1 for r in best if r["test_loss"] is not None and r["test_loss"] < SOLVED_MSE),
+                "diverged": sum(1 for r in best if r["diverged"]),
+                "diverged_any_rate": sum(1 for r in group if r["diverged"]),
+                "chi": stats.mean_std_ci(chis)._asdict(),
+                "chi_theory": group[0]["chi_theory"],
+                "theory": group[0]["theory"],
+                "verdict": metrics.group_verdict(group),
+                "gain": _gain(chis, t),
+                "signal_init": _mean_profile([r["signal_norms_init"][:t] for r in group]),
+                "cell_signal_init": _mean_profile([(r.get("cell_signal_norms_init") or [])[:t] for r in group]) or None,
+                "signal_theory": group[0]["signal_profile_theory"],
+            }
+        )
     return out
 
 
@@ -207,7 +212,7 @@ def _fmt_mse(s: dict[str, Any]) -> str:
 
 
 def _compare(summary: list[dict[str, Any]], a: str, b: str, t: int) -> str | None:
-    """'a vs b at T: difference of test MSE [interval]' (Welch, 95%), or None without two seeds each."""
+    """'a vs b at T: difference of test MSE [interval]' (Welch, 95%), or None without two seeds each (`summary`: one depth)."""
     sa = next((s for s in summary if s["variant"] == a and s["seq_len"] == t), None)
     sb = next((s for s in summary if s["variant"] == b and s["seq_len"] == t), None)
     if sa is None or sb is None:
@@ -226,7 +231,17 @@ def _solved_words(s: dict[str, Any]) -> str:
 
 
 def verdict_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig) -> list[str]:
-    """The report's findings, one sentence per variant and one per comparison, from the numbers alone."""
+    """The report's findings, one sentence per variant and one per comparison, from the numbers alone; per depth
+    (a heading line each) when the study stacks more than one."""
+    lines = []
+    for d in cfg.depths:
+        if len(cfg.depths) > 1:
+            lines.append(f"- Depth {d} (stacked recurrent layers):")
+        lines += _depth_sentences([s for s in summary if s["depth"] == d], cfg)
+    return lines
+
+
+def _depth_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig) -> list[str]:
     lines = []
     for v in cfg.variants:
         mine = [s for s in summary if s["variant"] == v]
@@ -271,6 +286,7 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
             base=RunConfig(**{k: v for k, v in data["base"].items() if k in fields}),
             variants=tuple(data["variants"]),
             seq_lens=tuple(data["seq_lens"]),
+            depths=tuple(data.get("depths", [data["base"]["depth"]])),
             seeds=int(data["seeds"]),
             learning_rates=tuple(data["learning_rates"]),
         )
@@ -292,12 +308,14 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
     results.write_atomic(os.path.join(workdir, "time.json"), dumps(json.loads(json.dumps(doc, default=float))))
     b = cfg.base
     rates = ", ".join(f"{x:g}" for x in cfg.learning_rates)
+    layers = ", ".join(map(str, cfg.depths))
     lines = [
         "# Depth in time: recurrent nets on the adding problem",
         "",
         f"Adding problem (two marked values in U[0, 1] among T steps, target their sum; predicting 1 always gives MSE 1/6"
-        f" = 0.1667). **Solved** = test MSE below {SOLVED_MSE:g} (6% of that baseline). One recurrent layer of width {b.width},"
-        f" batch {b.batch_size}, {b.steps} steps of {b.optimizer} per run, learning rate chosen per (variant, T) on the"
+        f" = 0.1667). **Solved** = test MSE below {SOLVED_MSE:g} (6% of that baseline)."
+        f" Recurrent layers: {layers}, width {b.width}, batch {b.batch_size}, {b.steps} steps of {b.optimizer} per run,"
+        " learning rate chosen per (variant, T) on the"
         f" validation split (lowest mean validation MSE over {cfg.seeds} seeds) from {rates};"
         " test MSE at that rate: mean ± sample std [95% t interval] over seeds.",
         "",
@@ -311,8 +329,8 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
         " half of the steps (mean ± std over every run); theory: the mean-field prediction where one applies;"
         " gain: log10 chi^(T-1), the squared signal's change from the last step back to the first.",
         "",
-        "| variant | T | chi measured | chi theory | log10 gain | verdict | lr (val) | test MSE | solved | diverged |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| variant | depth | T | chi measured | chi theory | log10 gain | verdict | lr (val) | test MSE | solved | diverged |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for s in summary:
         chi = stats.Summary(**s["chi"]).fmt(1.0, ".3f")
@@ -320,8 +338,9 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
         gain = "-" if s["gain"] is None else f"{s['gain']:+.1f}"
         edge = " (edge)" if s["at_edge"] else ""
         lines.append(
-            f"| {s['variant']} | {s['seq_len']} | {chi} | {theory} | {gain} | {s['verdict']} | {s['learning_rate']:g}{edge} |"
-            f" {_fmt_mse(s['test_mse'])} | {s['solved']}/{s['seeds']} | {s['diverged']}/{s['seeds']} |"
+            f"| {s['variant']} | {s['depth']} | {s['seq_len']} | {chi} | {theory} | {gain} | {s['verdict']} |"
+            f" {s['learning_rate']:g}{edge} | {_fmt_mse(s['test_mse'])} | {s['solved']}/{s['seeds']} |"
+            f" {s['diverged']}/{s['seeds']} |"
         )
     lines += [
         "",
@@ -334,7 +353,7 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
         "",
         "![score vs length](plots/score_vs_length.png)",
         "",
-        "Test MSE at the validation-chosen rate against T, mean and 95% interval over seeds.",
+        "Test MSE at the validation-chosen rate against T: mean over seeds (line) and each seed (dots).",
         "",
         f"Figures: {', '.join(os.path.relpath(p, workdir) for p in figures.values())}; every number: time.json; every run:"
         " results.jsonl (one row each, TensorBoard under tb/).",
