@@ -349,6 +349,38 @@ MUTANTS = [
         ("tests/test_stats.py",),
         "population instead of sample std over seeds",
     ),
+    M(
+        "forget_bias_on_input_gate",
+        "decay/families/rnn.py",
+        "return b.at[w : 2 * w].add(cfg.forget_bias)",
+        "return b.at[0:w].add(cfg.forget_bias)",
+        ("tests/test_recurrent.py",),
+        "the LSTM's forget bias lands on the input gate",
+    ),
+    M(
+        "cell_probe_after_output",
+        "decay/families/rnn.py",
+        "return (jax.nn.sigmoid(o) * self.act(c) + p_h, c), g",
+        "return (jax.nn.sigmoid(o) * self.act(c - (0.0 if p is None else p[:, width:])) + p_h, c), g",
+        ("tests/test_recurrent.py",),
+        "the cell-state probe enters after h_t is formed: dL/dc_t misses the path through h_t",
+    ),
+    M(
+        "gru_reset_outside",
+        "decay/families/rnn.py",
+        "(pre_n,) = self._gates(xu[:, 2 * width :] + r * hw[:, 2 * width :], 2, 1)",
+        "(pre_n,) = self._gates(xu[:, 2 * width :] + hw[:, 2 * width :], 2, 1)",
+        ("tests/test_recurrent.py",),
+        "the GRU's reset gate does not gate the recurrent candidate",
+    ),
+    M(
+        "rnn_theory_no_input_variance",
+        "decay/families/rnn.py",
+        "q = (float(theory.variance_map(cfg.activation, wv, 0.0, q)) if t else 0.0) + uv * m[t] + bv",
+        "q = (float(theory.variance_map(cfg.activation, wv, 0.0, q)) if t else 0.0) + bv",
+        ("tests/test_recurrent.py",),
+        "the rnn's mean-field map forgets the input's variance added every step",
+    ),
 ]
 
 

@@ -230,7 +230,7 @@ def test_diagnose_says_vanishing_for_a_deep_sigmoid_net(capsys):
 
 def test_diagnose_says_exploding_for_a_post_norm_batchnorm_resnet():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((64, 32)), jnp.float32)
-    model = PostNormResNet(32, 32)
+    model = PostNormResNet(32, 16)
     stats_before = nnx.state(model, nnx.BatchStat)["bn1"][0]["mean"][...].copy()
     d = decay.diagnose(model, square, x, show=False)
     assert d.verdict == "exploding", str(d)

@@ -246,6 +246,8 @@ def predict(cfg: RunConfig, dataset) -> dict[str, Any]:
         return {**none, "theory": "no theory: stacked recurrent layers feed each other at every step (one layer only)"}
     if cfg.norm != "none":
         return {**none, "theory": f"no theory: mean field here covers the rnn without a norm, not {cfg.norm}"}
+    if dataset.task == "per_position":
+        return {**none, "theory": "no theory: the loss reads every step, so dL/dh_t is not a product of per-step factors"}
     init = recurrent_init_name(cfg)
     if init == "identity" and cfg.activation != "linear":
         return {**none, "theory": "no theory: an identity recurrent matrix is not random (mean field needs random W)"}
@@ -300,7 +302,9 @@ def _family(kind: str) -> Family:
         norms=NORMS,
         count_points=lambda cfg, shape: cfg.depth * shape[0],
         signal_parts=parts,
-        chi_points=lambda cfg, shape: (0, shape[0]),  # along time, in the first layer
+        # Along time in the last layer: its h_t gets the loss's signal through time alone (a lower layer's h_t
+        # also gets it from the layer above at every step).
+        chi_points=lambda cfg, shape: ((cfg.depth - 1) * shape[0], cfg.depth * shape[0]),
         point_label="t",
         predict=None if gated else predict,
         row_fields=lambda cfg: {

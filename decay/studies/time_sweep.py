@@ -158,7 +158,9 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: TimeSweepConfig) -> list[dict
             continue
         choice = stats.best_by_validation(group, lambda r: r["learning_rate"], by="loss")
         best = choice.rows
-        chis = [r["chi"] for r in group if r["chi"] is not None]  # at initialization: every rate and seed
+        # At initialization a seed's net is the same at every rate: one value per seed (the chosen rate's runs).
+        chis = [r["chi"] for r in best if r["chi"] is not None]
+        cell_chis = [metrics.fit_chi(r["cell_signal_norms_init"][-t:]) for r in best if r.get("cell_signal_norms_init")]
         mse = _mse_summary(best)
         out.append(
             {
@@ -174,12 +176,14 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: TimeSweepConfig) -> list[dict
                 "diverged": sum(1 for r in best if r["diverged"]),
                 "diverged_any_rate": sum(1 for r in group if r["diverged"]),
                 "chi": stats.mean_std_ci(chis)._asdict(),
+                "cell_chi": stats.mean_std_ci([c for c in cell_chis if c is not None])._asdict() if cell_chis else None,
                 "chi_theory": group[0]["chi_theory"],
                 "theory": group[0]["theory"],
                 "verdict": metrics.group_verdict(group),
                 "gain": _gain(chis, t),
-                "signal_init": _mean_profile([r["signal_norms_init"][:t] for r in group]),
-                "cell_signal_init": _mean_profile([(r.get("cell_signal_norms_init") or [])[:t] for r in group]) or None,
+                # The last layer's steps: its signal arrives from the loss through time alone.
+                "signal_init": _mean_profile([r["signal_norms_init"][-t:] for r in best]),
+                "cell_signal_init": _mean_profile([(r.get("cell_signal_norms_init") or [])[-t:] for r in best]) or None,
                 "signal_theory": group[0]["signal_profile_theory"],
             }
         )
@@ -230,18 +234,33 @@ def _solved_words(s: dict[str, Any]) -> str:
     return f"{s['solved']}/{s['seeds']} seeds solved"
 
 
-def verdict_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig) -> list[str]:
+def verdict_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The report's findings, one sentence per variant and one per comparison, from the numbers alone; per depth
     (a heading line each) when the study stacks more than one."""
     lines = []
     for d in cfg.depths:
         if len(cfg.depths) > 1:
             lines.append(f"- Depth {d} (stacked recurrent layers):")
-        lines += _depth_sentences([s for s in summary if s["depth"] == d], cfg)
+        lines += _depth_sentences([s for s in summary if s["depth"] == d], cfg, [r for r in rows if r["depth"] == d])
     return lines
 
 
-def _depth_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig) -> list[str]:
+def _same_rate(rows: Sequence[dict[str, Any]], lr: float, t: int) -> str:
+    """Clipped against unclipped at one learning rate: diverged counts and the Welch difference of test MSE."""
+    side = {
+        v: [r for r in rows if r["variant"] == v and r["seq_len"] == t and r["learning_rate"] == lr]
+        for v in ("exploding_clip", "exploding")
+    }
+    div = f"diverged {sum(r['diverged'] for r in side['exploding'])}/{sum(r['diverged'] for r in side['exploding_clip'])}"
+    a, b = ([r["test_loss"] for r in side[v] if r["test_loss"] is not None] for v in ("exploding_clip", "exploding"))
+    if len(a) < 2 or len(b) < 2:
+        return f"{div}, MSE not compared (fewer than 2 finite seeds)"
+    d = stats.welch(a, b)
+    text = f"{d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+    return f"{div}, {text if d.significant else f'no difference ({text})'}"
+
+
+def _depth_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for v in cfg.variants:
         mine = [s for s in summary if s["variant"] == v]
@@ -269,9 +288,11 @@ def _depth_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig) -> lis
             b = next((s for s in summary if s["variant"] == "exploding" and s["seq_len"] == t), None)
             if a and b:
                 words = _compare(summary, "exploding_clip", "exploding", t) or "not compared (fewer than 2 finite seeds)"
+                same = "; ".join(f"at lr {lr:g}: {_same_rate(rows, lr, t)}" for lr in cfg.learning_rates)
                 lines.append(
                     f"- Clipping at T = {t}: diverged runs over every rate {b['diverged_any_rate']} without,"
-                    f" {a['diverged_any_rate']} with; clipped - unclipped test MSE at each one's best rate: {words}."
+                    f" {a['diverged_any_rate']} with; clipped - unclipped test MSE at each one's best rate: {words};"
+                    f" at equal rates (clipped - unclipped, diverged runs without/with): {same}."
                 )
     return lines
 
@@ -293,7 +314,7 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
     if rows is None:
         rows = results.read_jsonl(os.path.join(workdir, "results.jsonl"))
     summary = summarize(rows, cfg)
-    findings = verdict_sentences(summary, cfg)
+    findings = verdict_sentences(summary, cfg, rows)
     plot_dir = os.path.join(workdir, "plots")
     os.makedirs(plot_dir, exist_ok=True)
     figures = {
@@ -317,7 +338,7 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
         f" Recurrent layers: {layers}, width {b.width}, batch {b.batch_size}, {b.steps} steps of {b.optimizer} per run,"
         " learning rate chosen per (variant, T) on the"
         f" validation split (lowest mean validation MSE over {cfg.seeds} seeds) from {rates};"
-        " test MSE at that rate: mean ± sample std [95% t interval] over seeds.",
+        " test MSE at that rate: mean ± sample std [95% t interval, cut at 0] over seeds.",
         "",
         "## Findings",
         "",
@@ -326,19 +347,23 @@ def write_report(workdir: str, cfg: TimeSweepConfig | None = None, rows: Sequenc
         "## Per variant and length",
         "",
         "chi: the per-step factor of the squared backprop signal ||dL/dh_t||^2 at initialization, fitted over the middle"
-        " half of the steps (mean ± std over every run); theory: the mean-field prediction where one applies;"
+        " half of the last layer's steps (mean ± std [95% interval] over seeds; a seed's net at initialization is the same"
+        " at every rate); chi of c_t: the same fit along the LSTM's cell state; theory: the mean-field prediction where"
+        " one applies;"
         " gain: log10 chi^(T-1), the squared signal's change from the last step back to the first.",
         "",
-        "| variant | depth | T | chi measured | chi theory | log10 gain | verdict | lr (val) | test MSE | solved | diverged |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| variant | depth | T | chi measured | chi theory | chi of c_t (lstm) | log10 gain | verdict | lr (val) | test MSE"
+        " | solved | diverged |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for s in summary:
         chi = stats.Summary(**s["chi"]).fmt(1.0, ".3f")
         theory = "-" if s["chi_theory"] is None else f"{s['chi_theory']:.3f}"
+        cell = "-" if not s.get("cell_chi") else stats.Summary(**s["cell_chi"]).fmt(1.0, ".3f")
         gain = "-" if s["gain"] is None else f"{s['gain']:+.1f}"
         edge = " (edge)" if s["at_edge"] else ""
         lines.append(
-            f"| {s['variant']} | {s['depth']} | {s['seq_len']} | {chi} | {theory} | {gain} | {s['verdict']} |"
+            f"| {s['variant']} | {s['depth']} | {s['seq_len']} | {chi} | {theory} | {cell} | {gain} | {s['verdict']} |"
             f" {s['learning_rate']:g}{edge} | {_fmt_mse(s['test_mse'])} | {s['solved']}/{s['seeds']} |"
             f" {s['diverged']}/{s['seeds']} |"
         )
