@@ -120,8 +120,8 @@ def test_verification_claims_nothing_without_a_spread():
 
 
 def test_extreme_gains_are_ranked_not_crashed(digits_q):
-    # log10 gains of about -300 and +600: beyond float range as numbers, fine as logs.
-    for cfg in (RunConfig(depth=400, activation="sigmoid"), RunConfig(depth=200, activation="relu", weight_var=100.0)):
+    # log10 gains of about -160 and +600: beyond float32 and float64 range as numbers, fine as logs.
+    for cfg in (RunConfig(depth=200, activation="sigmoid"), RunConfig(depth=200, activation="relu", weight_var=100.0)):
         proposals = doctor.propose(cfg, *digits_q)
         assert proposals and all(p.lg_theory() is None or math.isfinite(p.lg_theory()) for p in proposals)
     # At depth 6 the residual scale is not assumed to grow the gain: whatever is proposed is predicted within range.
