@@ -43,7 +43,7 @@ def _proposal(proposals, kind):
 def test_tanh_gets_a_point_of_the_critical_line_and_measures_chi_one_at_width_512(digits_q):
     from decay.loop import train_run
 
-    base = RunConfig(depth=64, width=512, activation="tanh", norm="none", steps=0)
+    base = RunConfig(depth=32, width=512, activation="tanh", norm="none", steps=0)
     crit = _proposal(doctor.propose(base, *digits_q), "critical init")
     wv, bv = dict(crit.changes)["weight_var"], dict(crit.changes)["bias_var"]
     assert abs(_tanh_chi1(wv, bv) - 1.0) < 1e-6, (wv, bv)
