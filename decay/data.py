@@ -73,11 +73,9 @@ def task_of(name: str) -> str:
     return TASK_OF[name]
 
 
-PRESTANDARDIZED = {
-    "synthetic",
-    "adding",
-    "copy",
-}  # loaders whose inputs are standard by construction (q^0 = 1 exactly in expectation)
+# Loaders whose inputs are used as generated: standard by construction (synthetic: q^0 = 1 exactly in
+# expectation), or defined by the task (the adding problem's values and markers, copy's one-hot tokens).
+PRESTANDARDIZED = {"synthetic", "adding", "copy"}
 
 
 def _raw(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:

@@ -48,11 +48,10 @@ class Family:
     depths_rule: Callable[[tuple[int, ...]], str | None] = lambda depths: None  # a one-line error for depths it cannot build
     # Recurrent families: points per (cfg, input shape) (default: cfg.depth), the probe's last axis split into
     # equal parts named by `signal_parts` (the first is the row's signal_norms), the points the chi fit reads,
-    # what a point is called in tags and figures, and the family's own theory ((cfg, dataset) -> theory fields).
+    # and the family's own theory ((cfg, dataset) -> theory fields).
     count_points: Callable[[RunConfig, tuple[int, ...]], int] | None = None
     signal_parts: tuple[str, ...] = ("signal_norms",)
     chi_points: Callable[[RunConfig, tuple[int, ...]], tuple[int, int]] | None = None
-    point_label: str = "layer"
     predict: Callable[..., dict[str, Any]] | None = None
     row_fields: Callable[[RunConfig], dict[str, Any]] | None = None  # the family's own settings in the row
 
@@ -61,7 +60,7 @@ class Family:
         return cfg.depth if self.count_points is None else self.count_points(cfg, tuple(input_shape))
 
     def chi_window(self, cfg: RunConfig, input_shape: tuple[int, ...] = ()) -> tuple[int, int]:
-        """The points [lo, hi) whose signal norms the chi fit reads: all, or the family's (a recurrent net's first layer)."""
+        """The points [lo, hi) whose signal norms the chi fit reads: all, or the family's (a recurrent net's last layer)."""
         if self.chi_points is None:
             return 0, self.points(cfg, input_shape)
         return self.chi_points(cfg, tuple(input_shape))

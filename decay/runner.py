@@ -90,7 +90,6 @@ class Runner:
         """
         self.workdir, self.key, self.run_folders = workdir, key, run_folders
         self.dataset = data_lib.load_for(base)
-        self._datasets = {base.seq_len: (self.dataset, None)}  # seq_len -> (dataset, its device arrays once uploaded)
         n_train = self.dataset.x_train.shape[0]
         if base.batch_size > n_train:
             raise ConfigError(
@@ -98,7 +97,7 @@ class Runner:
             )
         self._open(settings, command, ignore)
         self.device_data = loop.upload(self.dataset)
-        self._datasets[base.seq_len] = (self.dataset, self.device_data)
+        self._datasets = {base.seq_len: (self.dataset, self.device_data)}  # seq_len -> (dataset, its device arrays)
         self.path = os.path.join(workdir, rows_file)
         self.rows: dict[str, Row] = {row_key(r): r for r in results.read_jsonl(self.path)}
         self.t0 = time.perf_counter()

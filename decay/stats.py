@@ -77,9 +77,10 @@ class Difference(NamedTuple):
     def significant(self) -> bool:
         return self.lo > 0 or self.hi < 0
 
-    def words(self, scale: float = 100.0, unit: str = " points") -> str:
-        """'+4.1 points [1.2, 7.0]' or 'no difference (+1.0 points [-2.1, 4.1])'."""
-        text = f"{scale * self.diff:+.1f}{unit} [{scale * self.lo:+.1f}, {scale * self.hi:+.1f}]"
+    def words(self, scale: float = 100.0, unit: str = " points", spec: str = "+.1f") -> str:
+        """'+4.1 points [1.2, 7.0]' or 'no difference (+1.0 points [-2.1, 4.1])'; numbers scaled and formatted by `spec`."""
+        f = lambda x: format(scale * x, spec)  # noqa: E731
+        text = f"{f(self.diff)}{unit} [{f(self.lo)}, {f(self.hi)}]"
         return text if self.significant else f"no difference ({text})"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import shlex
 import sys
 
@@ -82,8 +83,8 @@ def main(argv: list[str]) -> None:
         progress.close()
         fail(str(e))
     progress.close()
-    with open(f"{workdir}/report.md") as f:
-        findings = f.read().split("## Findings", 1)[1].split("##", 1)[0].strip()
+    with open(f"{workdir}/time.json") as f:
+        findings = "\n".join(json.load(f)["findings"])
     print(f"\n{findings}\n\nreport: {workdir}/report.md\nTensorBoard: tensorboard --logdir {workdir}/tb")
 
 

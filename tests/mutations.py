@@ -376,8 +376,8 @@ MUTANTS = [
     M(
         "rnn_theory_no_input_variance",
         "decay/families/rnn.py",
-        "q = (float(theory.variance_map(cfg.activation, wv, 0.0, q)) if t else 0.0) + uv * m[t] + bv",
-        "q = (float(theory.variance_map(cfg.activation, wv, 0.0, q)) if t else 0.0) + bv",
+        "q = (float(theory.variance_map(activation, wv, 0.0, q)) if t else 0.0) + uv * m_t + bv",
+        "q = (float(theory.variance_map(activation, wv, 0.0, q)) if t else 0.0) + bv",
         ("tests/test_recurrent.py",),
         "the rnn's mean-field map forgets the input's variance added every step",
     ),

@@ -29,6 +29,7 @@ identity W.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -239,6 +240,17 @@ def _seq_inputs(x_train: np.ndarray, limit: int = 256) -> np.ndarray:
     return np.mean(x**2, axis=(0, 2))
 
 
+@functools.lru_cache(maxsize=64)
+def _step_factors(activation: str, wv: float, uv: float, bv: float, m: tuple[float, ...]) -> np.ndarray:
+    """chi_t of every step from the variance recursion with the input's variance m_t added each step (seeds and
+    learning rates share it: cached)."""
+    q, chis = 0.0, []
+    for t, m_t in enumerate(m):  # h_{-1} = 0: q_0 = sigma_u^2 m_0 + sigma_b^2
+        q = (float(theory.variance_map(activation, wv, 0.0, q)) if t else 0.0) + uv * m_t + bv
+        chis.append(float(theory.chi1(activation, wv, q)))
+    return np.asarray(chis, np.float64)
+
+
 def predict(cfg: RunConfig, dataset) -> dict[str, Any]:
     """Mean-field theory of a one-layer vanilla rnn: chi_theory and the predicted ||dL/dh_t|| / ||dL/dh_{T-1}||."""
     none = {"chi_theory": None, "signal_profile_theory": None}
@@ -266,12 +278,7 @@ def predict(cfg: RunConfig, dataset) -> dict[str, Any]:
         )
     except ValueError as e:
         return {**none, "theory": f"no theory: {e}"}
-    bv = float(cfg.bias_var or 0.0)
-    m = _seq_inputs(dataset.x_train)
-    q, chis = 0.0, []
-    for t in range(len(m)):  # h_{-1} = 0: q_0 = sigma_u^2 m_0 + sigma_b^2
-        q = (float(theory.variance_map(cfg.activation, wv, 0.0, q)) if t else 0.0) + uv * m[t] + bv
-        chis.append(float(theory.chi1(cfg.activation, wv, q)))
+    chis = _step_factors(cfg.activation, wv, uv, float(cfg.bias_var or 0.0), tuple(_seq_inputs(dataset.x_train)))
     # ||dL/dh_{t-1}||^2 = chi_t ||dL/dh_t||^2: the profile is the product of the later steps' factors.
     log_profile = np.concatenate([np.cumsum(np.log(chis[:0:-1]))[::-1], [0.0]])
     profile = np.exp(log_profile)
@@ -305,7 +312,6 @@ def _family(kind: str) -> Family:
         # Along time in the last layer: its h_t gets the loss's signal through time alone (a lower layer's h_t
         # also gets it from the layer above at every step).
         chi_points=lambda cfg, shape: ((cfg.depth - 1) * shape[0], cfg.depth * shape[0]),
-        point_label="t",
         predict=None if gated else predict,
         row_fields=lambda cfg: {
             "recurrent_init": recurrent_init_name(cfg),

@@ -202,9 +202,7 @@ def _mean_profile(profiles: Sequence[Sequence[Any]]) -> list[float | None]:
     usable = [p for p in profiles if p]
     if not usable:
         return []
-    a = plots.as_float_array(usable[0])[None]
-    for p in usable[1:]:
-        a = np.concatenate([a, plots.as_float_array(p)[None]])
+    a = np.stack([plots.as_float_array(p) for p in usable])
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(np.where(a > 0, a, np.nan))
     mean = np.nanmean(logs, axis=0) if np.isfinite(logs).any() else np.full(a.shape[1], np.nan)
@@ -221,13 +219,15 @@ def _compare(summary: list[dict[str, Any]], a: str, b: str, t: int) -> str | Non
     sb = next((s for s in summary if s["variant"] == b and s["seq_len"] == t), None)
     if sa is None or sb is None:
         return None
-    va = [x for x in sa["test_mse_values"] if x is not None]
-    vb = [x for x in sb["test_mse_values"] if x is not None]
-    if len(va) < 2 or len(vb) < 2:
+    return _mse_difference(sa["test_mse_values"], sb["test_mse_values"])
+
+
+def _mse_difference(a: Sequence[float | None], b: Sequence[float | None]) -> str | None:
+    """mean(a) - mean(b) of test MSEs with its 95% Welch interval in words, or None without two finite seeds each."""
+    a, b = [x for x in a if x is not None], [x for x in b if x is not None]
+    if len(a) < 2 or len(b) < 2:
         return None
-    d = stats.welch(va, vb)
-    text = f"{d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
-    return text if d.significant else f"no difference ({text})"
+    return stats.welch(a, b).words(scale=1.0, unit="", spec="+.4f")
 
 
 def _solved_words(s: dict[str, Any]) -> str:
@@ -252,12 +252,8 @@ def _same_rate(rows: Sequence[dict[str, Any]], lr: float, t: int) -> str:
         for v in ("exploding_clip", "exploding")
     }
     div = f"diverged {sum(r['diverged'] for r in side['exploding'])}/{sum(r['diverged'] for r in side['exploding_clip'])}"
-    a, b = ([r["test_loss"] for r in side[v] if r["test_loss"] is not None] for v in ("exploding_clip", "exploding"))
-    if len(a) < 2 or len(b) < 2:
-        return f"{div}, MSE not compared (fewer than 2 finite seeds)"
-    d = stats.welch(a, b)
-    text = f"{d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
-    return f"{div}, {text if d.significant else f'no difference ({text})'}"
+    words = _mse_difference(*([r["test_loss"] for r in side[v]] for v in ("exploding_clip", "exploding")))
+    return f"{div}, {words or 'MSE not compared (fewer than 2 finite seeds)'}"
 
 
 def _depth_sentences(summary: list[dict[str, Any]], cfg: TimeSweepConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
