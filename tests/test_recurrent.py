@@ -330,8 +330,20 @@ def _one_line_error(call, *flags: str) -> None:
         (dict(model="lstm", dataset="adding", norm="batchnorm"), ("--norm", "--model=lstm")),
         (dict(model="rnn", dataset="digits"), ("--dataset=digits", "--model=rnn")),
         (dict(model="mlp", dataset="adding"), ("--dataset=adding", "--model=mlp")),
+        (dict(model="rnn", dataset="adding", input_var=0.0), ("--input_var=0.0", "> 0")),
+        (dict(model="lstm", dataset="adding", forget_bias=float("nan")), ("--forget_bias=nan", "finite")),
     ],
-    ids=["seq_len_0", "copy_seq_len_0", "recurrent_init", "gru_batchnorm", "lstm_batchnorm", "rnn_on_images", "mlp_on_sequences"],
+    ids=[
+        "seq_len_0",
+        "copy_seq_len_0",
+        "recurrent_init",
+        "gru_batchnorm",
+        "lstm_batchnorm",
+        "rnn_on_images",
+        "mlp_on_sequences",
+        "input_var_0",
+        "forget_bias_nan",
+    ],  # fmt: skip
 )
 def test_validate_run_rejects_bad_recurrent_settings_in_one_line(settings, flags):
     _one_line_error(lambda: validate_run(tiny_config(**settings)), *flags)

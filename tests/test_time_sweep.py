@@ -109,3 +109,17 @@ def test_bad_flags_are_one_line(flag):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and _BAD[flag] in lines[0], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [(dict(depths=(0,)), "--depths=0"), (dict(learning_rates=(-0.1,)), "--learning_rates"), (dict(seeds=0), "--seeds=0")],
+)
+def test_bad_study_settings_are_one_line_errors(changes, message):
+    import dataclasses
+
+    from decay import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        time_sweep.validate(dataclasses.replace(time_sweep_config(), **changes))
+    assert "\n" not in str(info.value)
