@@ -19,6 +19,7 @@ __all__ = ["ConfigError", "RunConfig", "SweepConfig", "dumps", "help_of"]
 
 
 RECURRENT = ("rnn", "lstm", "gru")  # families whose run names also carry T, the recurrent init and clipping
+TRANSFORMER = ("transformer",)  # run names also carry the block type and the warm-up
 
 
 def _field(default: Any, help_text: str) -> Any:
@@ -56,10 +57,17 @@ class RunConfig:
         None, "rnn/lstm/gru: sigma_u^2 of the input kernel, U ~ N(0, input_var/fan_in); overrides --init."
     )
     forget_bias: float = _field(1.0, "lstm: initial forget-gate bias (1.0 as Gers et al. and Jozefowicz et al. recommend).")
+    block: str = _field("pre_ln", "transformer: post_ln, pre_ln, deepnorm (need --norm=layernorm|rmsnorm), rezero or no_norm.")
+    heads: int = _field(4, "transformer: attention heads (must divide --width).")
+    mlp_ratio: int = _field(4, "transformer: MLP hidden units per unit of --width.")
+    causal: bool = _field(False, "transformer: causal attention (position i reads positions <= i).")
+    positions: str = _field("learned", "transformer: learned or sinusoidal position embeddings.")
+    max_len: int = _field(0, "transformer: positions the model has; 0: the data's sequence length.")
     residual: bool = _field(False, "Layers 1..depth-1 compute h + residual_scale * layer(h).")
     residual_scale: float = _field(1.0, "alpha of the residual branch: h + alpha * layer(h).")
     optimizer: str = _field("sgd", "sgd, momentum (0.9), adam or adamw (weight decay 1e-4).")
-    learning_rate: float = _field(0.02, "Constant learning rate.")
+    learning_rate: float = _field(0.02, "Learning rate (constant after the warm-up).")
+    warmup_steps: int = _field(0, "Linear learning-rate warm-up over this many steps, from lr/warmup_steps to lr (0: none).")
     clip_norm: float | None = _field(None, "Clip gradients to this global norm; default no clipping.")
     adam_eps: float = _field(1e-8, "epsilon of adam/adamw: the update is lr * m / (sqrt(v) + eps).")
     weight_decay: float = _field(0.0, "L2 weight decay: weight_decay * params added to the gradient (every optimizer).")
@@ -89,6 +97,8 @@ class RunConfig:
             init = f"wv{self.weight_var:g}" if self.weight_var is not None else self.recurrent_init
             clip = "" if self.clip_norm is None else f"-clip{self.clip_norm:g}"
             res += f"-T{self.seq_len}-{init}{clip}"
+        if self.model in TRANSFORMER:
+            res += f"-{self.block}" + (f"-warm{self.warmup_steps}" if self.warmup_steps else "")
         return f"{self.model}-d{self.depth:04d}-{self.activation}-{self.norm}{res}-lr{self.learning_rate:g}-s{self.seed}"
 
     def to_json(self) -> dict[str, Any]:

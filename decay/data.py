@@ -74,8 +74,8 @@ def task_of(name: str) -> str:
 
 
 # Loaders whose inputs are used as generated: standard by construction (synthetic: q^0 = 1 exactly in
-# expectation), or defined by the task (the adding problem's values and markers, copy's one-hot tokens).
-PRESTANDARDIZED = {"synthetic", "adding", "copy"}
+# expectation), or defined by the task (the adding problem's values and markers, one-hot tokens).
+PRESTANDARDIZED = {"synthetic", "adding", "copy", "recall"}
 
 
 def _raw(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:
@@ -312,6 +312,44 @@ def load_perm_digits(data_dir: str | None, data_seed: int, seq_len: int = 0) -> 
     """Sequential digits with a fixed pixel permutation (from data_seed): dependencies span the whole sequence."""
     del data_dir, seq_len
     return _pixel_sequence("perm_digits", data_seed, True)
+
+
+RECALL_KEYS = 32  # associative recall: keys and values each from a vocabulary of this many
+
+
+def associative_recall(n: int, pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Associative recall: `pairs` (key, value) tokens, keys distinct, then one of the keys again; target its value.
+
+    Tokens one-hot over 2 * RECALL_KEYS symbols (keys 0..31, values 32..63): x [n, 2 pairs + 1, 64], y [n] in 0..31.
+    """
+    keys = np.argsort(rng.random((n, RECALL_KEYS)), axis=1)[:, :pairs]  # distinct keys per sequence
+    values = rng.integers(0, RECALL_KEYS, (n, pairs))
+    asked = rng.integers(0, pairs, n)
+    tokens = np.zeros((n, 2 * pairs + 1), np.int64)
+    tokens[:, 0:-1:2] = keys
+    tokens[:, 1:-1:2] = RECALL_KEYS + values
+    tokens[:, -1] = keys[np.arange(n), asked]
+    return np.eye(2 * RECALL_KEYS, dtype=np.float32)[tokens], values[np.arange(n), asked].astype(np.int32)
+
+
+@register("recall", sequence=True)
+def load_recall(data_dir: str | None, data_seed: int, seq_len: int) -> Dataset:
+    """Associative recall with seq_len pairs (2 seq_len + 1 tokens); chance ln 32 (the values are uniform)."""
+    del data_dir
+    if not 1 <= seq_len <= RECALL_KEYS:
+        raise ConfigError(f"--seq_len={seq_len}; --dataset=recall takes 1..{RECALL_KEYS} key-value pairs")
+    rng = _sequence_rng("recall", data_seed, seq_len)
+    x, y = associative_recall(SEQ_TRAIN + SEQ_TEST, seq_len, rng)
+    return Dataset("recall", x[:SEQ_TRAIN], y[:SEQ_TRAIN], x[SEQ_TRAIN:], y[SEQ_TRAIN:], RECALL_KEYS)
+
+
+@register("patch_digits", sequence=True)
+def load_patch_digits(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Dataset:
+    """The embedded 8x8 digits as 16 tokens, each a 2x2 patch (4 pixels), row by row of patches: 10 classes."""
+    del data_dir, seq_len
+    ds = load_digits(None, data_seed)
+    patches = lambda x: x.reshape(-1, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(-1, 16, 4)  # noqa: E731
+    return ds._replace(name="patch_digits", x_train=patches(ds.x_train), x_test=patches(ds.x_test))
 
 
 def load(

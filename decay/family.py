@@ -54,6 +54,17 @@ class Family:
     chi_points: Callable[[RunConfig, tuple[int, ...]], tuple[int, int]] | None = None
     predict: Callable[..., dict[str, Any]] | None = None
     row_fields: Callable[[RunConfig], dict[str, Any]] | None = None  # the family's own settings in the row
+    # Families with more than one kernel per layer (a transformer block's q, k, v, out, mlp_in, mlp_out): how many
+    # kernels `layer_kernels` gives (default cfg.depth), and the TensorBoard tag suffixes of kernels and points
+    # (default layer_XX).
+    count_kernels: Callable[[RunConfig], int] | None = None
+    check_config: Callable[[RunConfig], None] | None = None  # the family's own one-line ConfigErrors (its flags)
+    point_names: Callable[[RunConfig, tuple[int, ...]], list[str]] | None = None
+    kernel_names: Callable[[RunConfig], list[str]] | None = None
+
+    def kernels(self, cfg: RunConfig) -> int:
+        """Entries of the per-kernel arrays (grad_norms, weight_norms, ...): one per layer, or the family's count."""
+        return cfg.depth if self.count_kernels is None else self.count_kernels(cfg)
 
     def points(self, cfg: RunConfig, input_shape: tuple[int, ...] = ()) -> int:
         """Probe points of a net of `cfg`: one per hidden layer, or the family's count (time steps x layers)."""
@@ -75,6 +86,8 @@ class Family:
             raise ConfigError(
                 f"--norms contains {cfg.norm}, which --model={self.name} does not support; allowed: {', '.join(self.norms)}"
             )
+        if self.check_config is not None:
+            self.check_config(cfg)
         kind = "sequence" if self.sequence else "image"
         if sequence != self.sequence or task not in self.tasks:
             raise ConfigError(

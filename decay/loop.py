@@ -34,7 +34,7 @@ from decay.program import (
     split_results,
 )
 from decay.row import RunRecord, stats_to_json
-from decay.tensorboard_writer import RunWriter
+from decay.tensorboard_writer import PER_LAYER, PER_POINT, RunWriter
 
 
 class RunProgress(NamedTuple):
@@ -64,8 +64,20 @@ class _RunHost:
             self.resumed = True
         elif run_dir:
             checkpoints.write_config(run_dir, cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
-        time_steps = dataset.x_train.shape[1] if prog.net.family.sequence else 0
-        self.writer = RunWriter(log_dir, cfg.depth, points=prog.net.points, time_steps=time_steps) if log_dir else None
+        self.writer = self._writer(log_dir, cfg, prog, tuple(dataset.x_train.shape[1:])) if log_dir else None
+
+    @staticmethod
+    def _writer(log_dir: str, cfg: RunConfig, prog: Program, shape: tuple[int, ...]) -> RunWriter:
+        """The run's TensorBoard writer, its per-point and per-kernel tags named as the family says."""
+        fam = prog.net.family
+        tags = {}
+        if fam.point_names is not None:
+            tags.update({k: fam.point_names(cfg, shape) for k in PER_POINT})
+        if fam.kernel_names is not None:
+            tags.update({k: fam.kernel_names(cfg) for k in PER_LAYER if k not in PER_POINT})
+        prefixed = {k: [f"{PER_LAYER[k]}/{name}" for name in v] for k, v in tags.items()}
+        time_steps = shape[0] if fam.sequence and fam.point_names is None else 0
+        return RunWriter(log_dir, fam.kernels(cfg), tags=prefixed, points=prog.net.points, time_steps=time_steps)
 
     @property
     def active(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import optax
 
 from decay.registry import Registry
@@ -21,10 +22,16 @@ OPTIMIZERS.add("adamw", lambda lr, eps: optax.adamw(lr, eps=eps, weight_decay=1e
 
 
 def build(
-    name: str, learning_rate: float, clip_norm: float | None = None, adam_eps: float = 1e-8, weight_decay: float = 0.0
+    name: str,
+    learning_rate: float,
+    clip_norm: float | None = None,
+    adam_eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
 ) -> optax.GradientTransformation:
     """The named optimizer at `learning_rate` (a hyperparameter in its state), after L2 weight decay
-    (`weight_decay` * params added to the gradient) and clipping to the global norm `clip_norm`, when set."""
+    (`weight_decay` * params added to the gradient) and clipping to the global norm `clip_norm`, when set;
+    with `warmup_steps`, every update is scaled by min(1, (step + 1) / warmup_steps) (linear warm-up)."""
     factory = OPTIMIZERS.get(name)
 
     def make(learning_rate):
@@ -33,6 +40,8 @@ def build(
             tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
         if clip_norm is not None:
             tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+        if warmup_steps:
+            tx = optax.chain(tx, optax.scale_by_schedule(lambda n: jnp.minimum(1.0, (n + 1.0) / warmup_steps)))
         return tx
 
     return optax.inject_hyperparams(make)(learning_rate=learning_rate)
@@ -40,4 +49,4 @@ def build(
 
 def of(cfg) -> optax.GradientTransformation:
     """The optimizer of a RunConfig."""
-    return build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm, cfg.adam_eps, cfg.weight_decay)
+    return build(cfg.optimizer, cfg.learning_rate, cfg.clip_norm, cfg.adam_eps, cfg.weight_decay, cfg.warmup_steps)

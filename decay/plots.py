@@ -828,3 +828,38 @@ def time_score_figure(summary: Sequence[dict[str, Any]], variants: Sequence[str]
     ax.set_title("Task score against sequence length (lr chosen on validation)", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformer sweep (decay.studies.transformer_sweep)
+
+
+def transformer_init_figure(summary: Sequence[dict[str, Any]], blocks: Sequence[str]) -> Any:
+    """At initialization, per block index at the deepest depth, one line per block type: the kernel gradient norm
+    (geometric mean of the block's 6 kernels), the backprop signal along the residual stream, and c_tokens."""
+    deepest = max(s["depth"] for s in summary)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    panels = [
+        ("per_block_grad", "log10 ||dL/dW|| of the block's kernels", True),
+        ("signal_init", "log10 ||dL/dx_l|| (residual stream)", True),
+        ("c_tokens", "c_tokens (1: tokens collapsed)", False),
+    ]
+    for ax, (key, label, log) in zip(axes, panels, strict=True):
+        for i, b in enumerate(blocks):
+            s = next((s for s in summary if s["block"] == b and s["depth"] == deepest), None)
+            if s is None or not s.get(key):
+                continue
+            values = as_float_array(s[key])
+            x = np.arange(len(values))
+            if log:
+                lg, masks = safe_log10(values)
+                ax.plot(x, lg, "-", color=ACT_COLORS(i), label=b)
+                mark_special(ax, x, masks, ACT_COLORS(i))
+            else:
+                ax.plot(x, values, "-", color=ACT_COLORS(i), label=b)
+        ax.set_xlabel(f"block l (0 = input side), depth {deepest}")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Transformer blocks at initialization: where the norm sits")
+    return fig

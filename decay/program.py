@@ -99,7 +99,11 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # start and end) on its next training batch where `when`, else NaN; one compiled copy for both.
         if not full:
             return {}
-        nan = {"hessian_top": jnp.nan, "hessian_trace": jnp.nan, "hessian_trace_layers": jnp.full((cfg.depth,), jnp.nan)}
+        nan = {
+            "hessian_top": jnp.nan,
+            "hessian_trace": jnp.nan,
+            "hessian_trace_layers": jnp.full((net.family.kernels(cfg),), jnp.nan),
+        }
         nan = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), nan)
 
         def one(args):

@@ -51,10 +51,14 @@ FIELDS: tuple[Field, ...] = (
     _F("recurrent_init", "str | null", "basic", "rnn/lstm/gru: the recurrent kernel's init ('mean_field' with weight_var)"),
     _F("input_var", "float | null", "basic", "rnn/lstm/gru: sigma_u^2 of the input kernel, when set"),
     _F("forget_bias", "float | null", "basic", "lstm: the forget gate's initial bias"),
+    _F("block", "str | null", "basic", "transformer: where the norm sits (post_ln, pre_ln, deepnorm, rezero, no_norm)"),
+    _F("heads", "int | null", "basic", "transformer: attention heads"),
+    _F("causal", "bool | null", "basic", "transformer: causal attention (position i reads positions <= i)"),
     _F("residual", "bool", "basic", "residual connections in layers 1..depth-1"),
     _F("residual_scale", "float", "basic", "alpha in h + alpha * layer(h)"),
     _F("optimizer", "str", "basic", "optimizer"),
-    _F("learning_rate", "float", "basic", "constant learning rate"),
+    _F("learning_rate", "float", "basic", "learning rate (after the warm-up, constant)"),
+    _F("warmup_steps", "int", "basic", "steps of linear learning-rate warm-up from lr/warmup_steps to lr (0: none)"),
     _F("clip_norm", "float | null", "basic", "global-norm gradient clipping threshold"),
     _F("adam_eps", "float", "basic", "epsilon of adam/adamw"),
     _F("weight_decay", "float", "basic", "L2 weight decay added to the gradient"),
@@ -123,6 +127,13 @@ FIELDS: tuple[Field, ...] = (
     _F("q_final", "list[float]", "standard", "per layer q at the last finite step"),
     _F("c_init", "list[float]", "standard", "per layer mean pairwise cosine of h_l across the batch at step 0"),
     _F("c_final", "list[float]", "standard", "per layer c at the last finite step"),
+    _F(
+        "c_tokens_init",
+        "list[float] | null",
+        "standard",
+        "transformer: per point mean cosine between the tokens of one example at step 0 (rank collapse: 1)",
+    ),
+    _F("c_tokens_final", "list[float] | null", "standard", "transformer: per point c_tokens at the last finite step"),
     _F("dead_fraction_init", "list[float | null]", "standard", "per layer fraction of units inactive on every example, step 0"),
     _F("dead_fraction_final", "list[float | null]", "standard", "per layer dead fraction at the last finite step"),
     _F("distance_init", "list[float]", "standard", "per layer ||W_l - W_l(0)|| / ||W_l(0)|| at step 0 (zeros)"),
@@ -343,6 +354,8 @@ def _instrument_fields(cfg: RunConfig, dataset: Dataset, init_stats, last_stats,
         for suffix, stats in (("init", init_stats), ("final", last_stats)):
             if key in stats:  # per-layer lists; b_simple, over all layers, a number
                 out[f"{key}_{suffix}"] = metrics.clean(stats[key].item()) if key == "b_simple" else _to_list(stats[key])
+    for suffix, stats in (("init", init_stats), ("final", last_stats)):  # the transformer's rank-collapse measure
+        out[f"c_tokens_{suffix}"] = _to_list(stats["c_tokens"]) if "c_tokens" in stats else None
     fan_in = int(np.prod(dataset.x_train.shape[1:]))
     fp = theory.plain_fixed_point(cfg, fan_in)
     out["q_star_theory"] = None if fp is None else metrics.clean(fp.q_star)
@@ -386,7 +399,10 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "init": "mean_field" if cfg.weight_var is not None else resolve_init(cfg.init, cfg.activation),
         "weight_var": cfg.weight_var,
         "bias_var": cfg.bias_var,
-        "recurrent_init": None,  # the recurrent families' own settings (Family.row_fields), null for the others
+        "block": None,  # the transformer's and the recurrent families' own settings (Family.row_fields), else null
+        "heads": None,
+        "causal": None,
+        "recurrent_init": None,
         "input_var": None,
         "forget_bias": None,
         **(fam.row_fields(cfg) if fam.row_fields else {}),
@@ -394,6 +410,7 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "residual_scale": cfg.residual_scale,
         "optimizer": cfg.optimizer,
         "learning_rate": cfg.learning_rate,
+        "warmup_steps": cfg.warmup_steps,
         "clip_norm": cfg.clip_norm,
         "adam_eps": cfg.adam_eps,
         "weight_decay": cfg.weight_decay,
@@ -427,7 +444,7 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "signal_norms_final": _to_list(last_stats["signal_norms"]),
         "act_rms_final": _to_list(last_stats["act_rms"]),
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
-        "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(cfg.depth, np.nan))),
+        "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(fam.kernels(cfg), np.nan))),
         **theory_fields(cfg, dataset),
         **_instrument_fields(cfg, dataset, init_stats, last_stats, record.curvature),
         "history": record.history,

@@ -131,7 +131,7 @@ def grads_and_stats(net: Net, params, batch_stats, x, y, tier: str = "basic", an
     }
     stats.update(zip(family.signal_parts[1:], signals[1:], strict=True))
     if more:
-        stats.update({k: aux[k] for k in ("q", "c", "dead_fraction")})
+        stats.update({k: aux[k] for k in ("q", "c", "dead_fraction", "c_tokens") if k in aux})
         kernels = family.layer_kernels(nnx.to_pure_dict(params))
         stats["distance"] = jnp.concatenate([instruments.distance(k, a) for k, a in zip(kernels, anchor, strict=True)])
     if instruments.tier_at_least(tier, "full") and family.per_sample:

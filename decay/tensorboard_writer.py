@@ -47,6 +47,7 @@ PER_LAYER = {
     "q": "q",
     "c": "c",
     "dead_fraction": "dead_fraction",
+    "c_tokens": "c_tokens",
     "distance": "distance_from_init",
     "per_sample_grad_norm": "per_sample_grad_norm",
     "grad_snr": "grad_snr",
@@ -54,7 +55,15 @@ PER_LAYER = {
     "hessian_trace_layers": "hessian_trace",
 }
 SCALARS = {"loss": "loss", "b_simple": "b_simple/all_layers"}
-PER_POINT = ("signal_norms", "cell_signal_norms", "act_rms", "q", "c", "dead_fraction")  # the rest is per layer kernel
+PER_POINT = (
+    "signal_norms",
+    "cell_signal_norms",
+    "act_rms",
+    "q",
+    "c",
+    "dead_fraction",
+    "c_tokens",
+)  # the rest is per layer kernel
 
 
 def time_tag(prefix: str, point: int, steps: int) -> str:

@@ -92,6 +92,8 @@ def validate_sweep(cfg: SweepConfig) -> None:
     )
     if b.dataset in SEQUENCE:
         _check(b.seq_len >= 1, f"--seq_len={b.seq_len}; --dataset={b.dataset} needs a sequence length >= 1")
+    _check(b.warmup_steps >= 0, f"--warmup_steps={b.warmup_steps}; must be an integer >= 0")
+    _check(b.max_len >= 0, f"--max_len={b.max_len}; must be an integer >= 0 (0: the data's length)")
     family = FAMILIES.get(b.model)
     for n in cfg.norms:
         family.check(dataclasses.replace(b, norm=n), b.dataset, b.dataset in SEQUENCE, TASK_OF[b.dataset])

@@ -19,8 +19,9 @@ from decay.loop import train_run
 from decay.program import init_state
 from decay.step import grads_and_stats
 from tests import reference
-from tests.conftest import run_module, tiny_config, without_wall_time
-from tests.shell import shell
+from tests import shell as shell_lib
+from tests.conftest import tiny_config, without_wall_time
+from tests.shell import call, scratch, shell
 
 
 def _equal_trees(a, b) -> bool:
@@ -215,18 +216,40 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, tiny_data):
         load_run(run_dir)
 
 
-def test_analyze_command_writes_json_and_plots(tmp_path, bn_run):
-    run_dir = tmp_path / "run"
-    shutil.copytree(bn_run.run_dir, run_dir)  # batchnorm, depth 4, width 8, checkpoints at 0, 3, 6
-    out = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=3")
-    assert out.returncode == 0, out.stderr
+def analyze_in_background(out_dir: str) -> None:
+    """Trains the `bn_run` fixture's config into out_dir/run, then runs `python -m experiments.analyze` on it at step 3
+    and at step 2 (no checkpoint there), each command's exit status and stderr kept in out_dir/<step>.json."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_tiny_data
+
+    cfg = tiny_config(depth=4, steps=6, eval_every=3, checkpoint_every=3, norm="batchnorm")
+    run_dir = os.path.join(out_dir, "run")
+    train_run(cfg, make_tiny_data(), run_dir=run_dir)
+    for step in (3, 2):
+        cmd = [sys.executable, "-m", "experiments.analyze", f"--run_dir={run_dir}", f"--step={step}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(shell_lib.ROOT))
+        with open(os.path.join(out_dir, f"{step}.json"), "w") as f:
+            json.dump({"returncode": out.returncode, "stderr": out.stderr}, f)
+
+
+_ANALYZE = call("tests.test_checkpoints:analyze_in_background", scratch("analyze", make=True))
+
+
+@pytest.mark.background
+def test_analyze_command_writes_json_and_plots():
+    assert _ANALYZE().returncode == 0, _ANALYZE().stderr
+    out = scratch("analyze")
+    run_dir = out / "run"  # batchnorm, depth 4, width 8, checkpoints at 0, 3, 6
+    good, bad = (json.loads((out / f"{step}.json").read_text()) for step in (3, 2))
+    assert good["returncode"] == 0, good["stderr"]
     result = json.loads((run_dir / "analysis" / "step_3" / "analysis.json").read_text())
-    assert result["step"] == 3 and len(result["layer_stats"]["grad_norms"]) == bn_run.cfg.depth
+    assert result["step"] == 3 and len(result["layer_stats"]["grad_norms"]) == 4
     assert result["jacobian"]["method"] == "exact" and len(result["jacobian"]["singular_values"]) == 8
     for name in ("layer_norms.png", "jacobian_spectrum.png"):
         assert (run_dir / "analysis" / "step_3" / name).stat().st_size > 10_000
-    bad = run_module("experiments.analyze", f"--run_dir={run_dir}", "--step=2")
-    assert bad.returncode == 2 and "no checkpoint at step 2" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad["returncode"] == 2 and "no checkpoint at step 2" in bad["stderr"] and "Traceback" not in bad["stderr"]
 
 
 _ANALYZE_BAD = [

@@ -19,7 +19,7 @@ from tests.conftest import tiny_config
 SCALARS = ("loss", "finite", "b_simple")  # the step's statistics that are not per layer
 
 
-PER_POINT = {"signal_norms", "act_rms", "q", "c", "dead_fraction"}  # per probe point; the rest per layer kernel
+PER_POINT = {"signal_norms", "act_rms", "q", "c", "dead_fraction", "c_tokens"}  # per probe point; the rest per kernel
 
 
 def _family_config(name: str, **overrides):
@@ -45,7 +45,9 @@ def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data, tiny
     prog, state = init_state(cfg, tiny_data)
     in_shape = tiny_data.x_train.shape[1:]
     points = fam.points(cfg, in_shape)
-    assert points == (cfg.depth * in_shape[0] if fam.sequence else cfg.depth)
+    # One per hidden layer; a recurrent net's per time step of each layer; a transformer's 3 per block.
+    expected_points = (3 * cfg.depth if name == "transformer" else cfg.depth * in_shape[0]) if fam.sequence else cfg.depth
+    assert points == expected_points
     assert prog.net.family is fam and prog.net.points == points
     x, y = jnp.asarray(tiny_data.x_train), jnp.asarray(tiny_data.y_train)
     new_state, stats = prog.train_chunk(state, x, y, jax.random.key(0), n_steps=2)
@@ -57,15 +59,15 @@ def test_every_family_builds_trains_and_keeps_its_contract(name, tiny_data, tiny
     expected |= set(fam.signal_parts[1:])  # an LSTM's cell_signal_norms
     if fam.per_sample:
         expected |= {"per_sample_grad_norm", "grad_snr", "b_simple_layers"}
-    assert set(per_layer) == expected
+    assert set(per_layer) - {"c_tokens"} == expected  # a transformer also measures c across its tokens
     for key, v in per_layer.items():
-        assert v.shape == (2, points if key in PER_POINT | set(fam.signal_parts) else cfg.depth), key
+        assert v.shape == (2, points if key in PER_POINT | set(fam.signal_parts) else fam.kernels(cfg)), key
         if key != "dead_fraction":  # NaN where the activation is not ReLU-like (a gated cell's tanh candidate is)
             assert np.all(np.isfinite(v)), key
     assert np.all(stats["grad_norms"] > 0) and np.all(stats["signal_norms"] > 0)
     # layer_kernels: one kernel per layer (per probe point of a feed-forward family), layer axis first, in order.
     kernels = fam.layer_kernels(nnx.to_pure_dict(state.params))
-    assert sum(k.shape[0] for k in kernels) == cfg.depth
+    assert sum(k.shape[0] for k in kernels) == fam.kernels(cfg)
     norms = np.concatenate([np.sqrt(np.sum(np.square(np.asarray(k, np.float64)).reshape(k.shape[0], -1), 1)) for k in kernels])
     np.testing.assert_allclose(norms, stats["weight_norms"][0], rtol=1e-5)
     before, after = jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)

@@ -12,7 +12,7 @@ from flax import nnx
 from decay.config import RunConfig
 
 # isort: off
-from decay.families import mlp, cnn, seed_cnn, rnn  # noqa: F401
+from decay.families import mlp, cnn, seed_cnn, rnn, transformer  # noqa: F401
 
 # isort: on
 from decay.family import FAMILIES, Family
