@@ -1,6 +1,6 @@
 """How fast decay trains its transformer family, against a PyTorch eager loop, on this machine.
 
-    python -m benchmarks.transformer_speed                 # all parts, 5 repeats, ~4 min on an idle 2-core CPU
+    python -m benchmarks.transformer_speed                 # all parts, 5 repeats: ~3 min on an idle 2-core CPU, 6 at load 2-5
     python -m benchmarks.transformer_speed --parts=step --depths=8 --json=docs/benchmarks/transformer_speed.json
 
 Every step figure is a median over `--repeats` timings (best-of figures are kept beside them, for

@@ -159,7 +159,7 @@ def _run_main(capsys, *args):
     [
         (["--activations=tanh,softsign"], "--activations contains unknown 'softsign'; allowed: linear, sigmoid"),
         (["--norms=groupnorm"], "--norms contains unknown 'groupnorm'; allowed: none, batchnorm, layernorm, rmsnorm"),
-        (["--model=transformer"], "--model='transformer' is unknown; allowed: mlp, cnn, seed_cnn"),
+        (["--model=perceiver"], "--model='perceiver' is unknown; allowed: mlp, cnn, seed_cnn"),
         (["--init=xavier"], "--init='xavier' is unknown; allowed: auto, lecun_normal"),
         (["--optimizer=lbfgs"], "--optimizer='lbfgs' is unknown; allowed: sgd, momentum, adam, adamw"),
         (["--dataset=imagenet"], "--dataset='imagenet' is unknown; allowed: digits, synthetic, mnist, cifar10"),

@@ -11,10 +11,10 @@ from decay import stats
 from tests.shell import scratch, shell
 
 ARGS = [
-    "--blocks=pre_ln,post_ln,rezero",
-    "--depths=2,3",
+    "--blocks=post_ln,rezero",
+    "--depths=3",
     "--init_seeds=2",
-    "--train_blocks=post_ln,pre_ln",
+    "--train_blocks=post_ln",
     "--train_depth=2",
     "--warmups=0,2",
     "--learning_rates=0.001,0.01",
@@ -49,7 +49,7 @@ def test_both_parts_have_their_rows_and_the_init_part_is_untrained(sweep):
     _, rows, _ = sweep
     init = [r for r in rows if r["part"] == "init"]
     train = [r for r in rows if r["part"] == "train"]
-    assert len(init) == 3 * 2 * 2 and len(train) == 2 * 2 * 2 * 2
+    assert len(init) == 2 * 1 * 2 and len(train) == 1 * 2 * 2 * 2
     assert all(r["steps"] == 0 and r["trainability"] == "untrained" for r in init)
     for r in init:  # 3 probe points and 6 kernels per block, c across tokens per point
         assert len(r["signal_norms_init"]) == 3 * r["depth"] and len(r["grad_norms_init"]) == 6 * r["depth"]
