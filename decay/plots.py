@@ -836,30 +836,55 @@ def time_score_figure(summary: Sequence[dict[str, Any]], variants: Sequence[str]
 
 def transformer_init_figure(summary: Sequence[dict[str, Any]], blocks: Sequence[str]) -> Any:
     """At initialization, per block index at the deepest depth, one line per block type: the kernel gradient norm
-    (geometric mean of the block's 6 kernels), the backprop signal along the residual stream, and c_tokens."""
+    (geometric mean of the block's 6 kernels), the backprop signal along the residual stream, the stream's q beside
+    the residual theory's band, and c_tokens. What a panel cannot show is named in it instead: a block type whose
+    values are all zero or non-finite (rezero's kernel gradients are 0 at init; no_norm and no_skip overflow), q far
+    above the normed blocks' (drawn on its own scale it would flatten them), c_tokens once q passes 1e30 (float32
+    cosines of overflowing vectors are noise)."""
     deepest = max(s["depth"] for s in summary)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    at = {b: next((s for s in summary if s["block"] == b and s["depth"] == deepest), None) for b in blocks}
+    normed = [s for b, s in at.items() if s and b not in ("no_norm", "no_skip")]
+    bounded = [as_float_array(s.get("q_theory_high") or s.get("q")) for s in normed]
+    q_top = 1.3 * max((float(np.nanmax(v)) for v in bounded if np.isfinite(v).any()), default=np.inf)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), layout="constrained")
     panels = [
-        ("per_block_grad", "log10 ||dL/dW|| of the block's kernels", True),
-        ("signal_init", "log10 ||dL/dx_l|| (residual stream)", True),
-        ("c_tokens", "c_tokens (1: tokens collapsed)", False),
+        ("per_block_grad", "log10 ||dL/dW|| of the block's 6 kernels (geometric mean)", True),
+        ("signal_init", "log10 ||dL/dx_l||, residual stream after block l", True),
+        ("q", "q = mean x_l^2, residual stream (shaded, dashed: theory)", False),
+        ("c_tokens", "c_tokens after block l (1: every token the same direction)", False),
     ]
-    for ax, (key, label, log) in zip(axes, panels, strict=True):
+    for ax, (key, label, log) in zip(axes.ravel(), panels, strict=True):
+        notes: dict[str, list[str]] = {}
         for i, b in enumerate(blocks):
-            s = next((s for s in summary if s["block"] == b and s["depth"] == deepest), None)
-            if s is None or not s.get(key):
+            s = at[b]
+            if s is None:
                 continue
-            values = as_float_array(s[key])
+            values = as_float_array(s.get(key))
+            q = as_float_array(s.get("q"))
+            if key == "c_tokens" and q.size == values.size:
+                values = np.where(np.isfinite(q) & (q < 1e30), values, np.nan)
+            shown = np.isfinite(values) & ((values > 0) if log else True)
+            if not shown.any():
+                notes.setdefault("not drawn (all 0 or non-finite)", []).append(b)
+                continue
+            if key == "q" and np.nanmax(np.where(shown, values, np.nan)) > q_top:
+                notes.setdefault(f"above {q_top:.3g}", []).append(b)
+                continue
             x = np.arange(len(values))
-            if log:
-                lg, masks = safe_log10(values)
-                ax.plot(x, lg, "-", color=ACT_COLORS(i), label=b)
-                mark_special(ax, x, masks, ACT_COLORS(i))
-            else:
-                ax.plot(x, values, "-", color=ACT_COLORS(i), label=b)
+            y = np.where(shown, np.log10(np.where(shown, np.abs(values), 1.0)), np.nan) if log else values
+            ax.plot(x, y, "-", color=ACT_COLORS(i), label=b)
+            if key == "q" and s.get("q_theory_low") and s["q_theory_low"][0] is not None:
+                lo, hi = as_float_array(s["q_theory_low"]), as_float_array(s["q_theory_high"])
+                if np.allclose(lo, hi):
+                    ax.plot(x, lo, "--", color=ACT_COLORS(i), lw=1, label=f"{b} theory")
+                else:
+                    ax.fill_between(x, lo, hi, color=ACT_COLORS(i), alpha=0.15, label=f"{b} theory band")
+        if notes:
+            text = "; ".join(f"{k}: {', '.join(v)}" for k, v in notes.items())
+            ax.text(0.01, 0.01, text, transform=ax.transAxes, fontsize=8, va="bottom", color="gray")
         ax.set_xlabel(f"block l (0 = input side), depth {deepest}")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Transformer blocks at initialization: where the norm sits")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Transformer blocks at initialization, depth {deepest}: where the norm sits")
     return fig

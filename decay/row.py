@@ -122,6 +122,13 @@ FIELDS: tuple[Field, ...] = (
         "predicted ||dL/dh_l|| / ||dL/dh_{L-1}|| per layer (recurrent: per time step)",
     ),
     _F("theory", "str", "basic", "which theory gave the prediction, or 'no theory: <why>'"),
+    _F(
+        "q_theory_low",
+        "list[float] | null",
+        "basic",
+        "transformer (pre_ln, rezero): per point lower edge of the predicted q at init (tokens uncorrelated); else null",
+    ),
+    _F("q_theory_high", "list[float] | null", "basic", "per point upper edge of the predicted q at init (tokens alike)"),
     _F("instruments", "str", "basic", "the instrument tier of the run"),
     _F("q_init", "list[float]", "standard", "per layer mean of h_l^2 at step 0 (the mean-field q)"),
     _F("q_final", "list[float]", "standard", "per layer q at the last finite step"),
@@ -445,6 +452,8 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
         "act_rms_final": _to_list(last_stats["act_rms"]),
         "weight_norms_final": _to_list(last_stats["weight_norms"]),
         "update_ratio_final": _to_list(last_stats.get("update_ratio", np.full(fam.kernels(cfg), np.nan))),
+        "q_theory_low": None,  # a family's predicted q where it has one (the transformer's residual stream)
+        "q_theory_high": None,
         **theory_fields(cfg, dataset),
         **_instrument_fields(cfg, dataset, init_stats, last_stats, record.curvature),
         "history": record.history,

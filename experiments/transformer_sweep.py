@@ -1,7 +1,7 @@
 """Transformer sweep: Post-LN, Pre-LN, DeepNorm, ReZero, no norm and no skip, per block at initialization and in training.
 
     python -m experiments.transformer_sweep                      # the default study, a few minutes on a 2-core CPU
-    python -m experiments.transformer_sweep --depths=4,16 --train_blocks=post_ln,pre_ln --seeds=2
+    python -m experiments.transformer_sweep --depths=4,16 --train_blocks=post_ln,pre_ln --train_depths=6 --seeds=2
 
 Writes <workdir>/config.json, results.jsonl (one row per run, `part` init or train), report.md,
 transformer.json and plots/. Re-running the same command on the same --workdir skips finished runs.
@@ -25,9 +25,11 @@ _BLOCKS = flags.DEFINE_list(
 _DEPTHS = flags.DEFINE_list("depths", ["4", "16", "48"], "Depths (blocks) measured at initialization.")
 _INIT_SEEDS = flags.DEFINE_integer("init_seeds", 2, "Seeds per (block, depth) at initialization.")
 _TRAIN_BLOCKS = flags.DEFINE_list("train_blocks", ["post_ln", "pre_ln", "deepnorm", "rezero"], "Block types trained.")
-_TRAIN_DEPTH = flags.DEFINE_integer("train_depth", 6, "Depth of the trained transformers.")
+_TRAIN_DEPTHS = flags.DEFINE_list("train_depths", ["6", "16"], "Depths of the trained transformers (shallow, deep).")
 _WARMUPS = flags.DEFINE_list("warmups", ["0", "50"], "Warm-up lengths compared in training (steps).")
-_LRS = flags.DEFINE_list("learning_rates", ["0.001", "0.003"], "Learning rates; each (block, warm-up) is tuned on validation.")
+_LRS = flags.DEFINE_list(
+    "learning_rates", ["0.0003", "0.001", "0.003"], "Learning rates; each (block, depth, warm-up) is tuned on validation."
+)
 _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per trained grid point.")
 _RUN = define_run_flags(
     only=("width", "heads", "batch_size", "steps", "eval_every", "optimizer", "data_seed", "norm"),
@@ -51,6 +53,7 @@ def main(argv: list[str]) -> None:
     from decay.studies.transformer_sweep import TransformerSweepConfig, run_transformer_sweep, validate
 
     depths = parse_list("depths", _DEPTHS.value, int, "integers >= 1, e.g. 4,16")
+    train_depths = parse_list("train_depths", _TRAIN_DEPTHS.value, int, "integers >= 1, e.g. 6,16")
     warmups = parse_list("warmups", _WARMUPS.value, int, "integers >= 0, e.g. 0,50")
     lrs = parse_list("learning_rates", _LRS.value, float, "numbers > 0, e.g. 0.001,0.003")
     flagged = run_config(_RUN)
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> None:
         depths=tuple(depths),
         init_seeds=_INIT_SEEDS.value,
         train_blocks=tuple(_TRAIN_BLOCKS.value),
-        train_depth=_TRAIN_DEPTH.value,
+        train_depths=tuple(train_depths),
         warmups=tuple(warmups),
         learning_rates=tuple(lrs),
         seeds=_SEEDS.value,

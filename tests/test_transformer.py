@@ -19,8 +19,9 @@ import optax
 import pytest
 from flax import nnx
 
-from decay import data, families, optim, tasks
+from decay import data, families, optim, tasks, theory
 from decay.errors import ConfigError
+from decay.families import transformer
 from decay.families.transformer import check
 from decay.step import Net, apply, grads_and_stats, loss_fn
 from decay.validation import validate_run
@@ -404,3 +405,46 @@ def test_recall_with_more_pairs_than_keys_is_a_one_line_error():
     _one_line_error(lambda: data.load("recall", None, 0, 0.2, data.RECALL_KEYS + 1), "--seq_len=33", "--dataset=recall")
     x, _ = data.associative_recall(4, data.RECALL_KEYS, np.random.default_rng(0))  # 32 pairs: every key once
     np.testing.assert_array_equal(np.sort(np.argmax(x[:, 0:-1:2], axis=-1), axis=1), np.tile(np.arange(32), (4, 1)))
+
+
+# ---- Theory: the residual stream's q at init (decay.families.transformer.predict).
+
+
+@pytest.mark.parametrize("block", ["pre_ln", "rezero"])
+def test_the_streams_q_at_init_follows_the_residual_theory_at_width_512(block):
+    """pre_ln: q grows linearly, inside the predicted band, the MLP outputs' q is sigma_2^2 E[gelu(z)^2];
+    rezero: the stream's q is the embedding's at every block, chi = 1."""
+    depth, tokens, features, width = 6, 16, 8, 512
+    norm = "layernorm" if block == "pre_ln" else "none"
+    cfg = tiny_config(
+        model="transformer", dataset="patch_digits", width=width, heads=4, depth=depth, mlp_ratio=2, block=block, norm=norm,
+        activation="gelu", instruments="standard",
+    )  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((32, tokens, features)).astype(np.float32)
+    want = transformer.predict(cfg, data.Dataset("t", x, None, x, None, 10))
+    model = families.build(cfg, (tokens, features), 10)
+    q = np.asarray(nnx.jit(lambda m, x: m(x, stats=True)[1]["q"])(model, x))
+    low, high = np.array(want["q_theory_low"]), np.array(want["q_theory_high"])
+    stream, attention, mlp = q[:depth], q[depth : 2 * depth], q[2 * depth :]
+    f = float(theory.variance_map("gelu", 2.0, 0.0, 2.0 * (1.0 if block == "pre_ln" else np.mean(np.square(x)) + 0.02**2)))
+    np.testing.assert_allclose(low[2 * depth :], f, rtol=1e-6)  # he_normal for gelu: sigma^2 = 2 for every kernel
+    np.testing.assert_allclose(np.mean(mlp), f, rtol=0.08)
+    assert np.all(attention >= low[depth : 2 * depth]) and np.all(attention <= high[depth : 2 * depth])
+    if block == "pre_ln":
+        assert np.all(stream >= 0.9 * low[:depth]) and np.all(stream <= 1.1 * high[:depth])
+        slope, intercept = np.polyfit(np.arange(1, depth + 1), stream, 1)
+        assert np.corrcoef(np.arange(depth), stream)[0, 1] > 0.99  # linear in depth
+        assert (high[1] - high[0]) * 1.1 > slope > (low[1] - low[0]) * 0.9
+        assert want["chi_theory"] is None and "pre_ln residual stream" in want["theory"]
+    else:
+        np.testing.assert_allclose(stream, stream[0], rtol=1e-6)
+        np.testing.assert_allclose(stream[0], low[0], rtol=0.08)
+        assert want["chi_theory"] == 1.0 and want["signal_profile_theory"] == [1.0] * depth
+
+
+def test_blocks_without_a_residual_theory_say_so():
+    for block in ("post_ln", "deepnorm", "no_norm", "no_skip"):
+        cfg = _cfg(block, **({"norm": "none"} if block == "no_skip" else {}))
+        got = transformer.predict(cfg, data.Dataset("t", np.ones((2, N, FEATURES), np.float32), None, None, None, 9))
+        assert got["theory"].startswith("no theory") and block in got["theory"] and got["chi_theory"] is None
+        assert "q_theory_low" not in got

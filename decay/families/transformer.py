@@ -32,9 +32,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from decay import instruments
+from decay import instruments, metrics, theory
 from decay.blocks import rms
 from decay.config import RunConfig
 from decay.errors import ConfigError
@@ -219,6 +220,68 @@ def _representation(model: Transformer, x: jax.Array) -> jax.Array:
     return h.reshape(h.shape[0], -1)
 
 
+def _weight_vars(cfg: RunConfig) -> dict[str, float]:
+    """sigma^2 = fan_in Var(W) of each of a block's kernels at init (DeepNorm's beta not included)."""
+    w, m = cfg.width, cfg.mlp_ratio * cfg.width
+    if cfg.weight_var is not None:
+        return dict.fromkeys(KERNELS, float(cfg.weight_var))
+    init = resolve_init(cfg.init, cfg.activation)
+    shapes = {"q": (w, w), "k": (w, w), "v": (w, w), "out": (w, w), "mlp_in": (w, m), "mlp_out": (m, w)}
+    return {k: theory.init_weight_var(init, *shapes[k]) for k in KERNELS}
+
+
+def embedded_q(cfg: RunConfig, x: np.ndarray) -> float:
+    """q of the stream entering block 0: the embedding's lecun_normal kernel gives each unit the variance
+    mean_i x_i^2 of a token (zero bias), plus the positions' mean square (learned N(0, 0.02^2); or the sinusoids)."""
+    pos = 0.02**2 if cfg.positions == "learned" else float(np.mean(np.square(np.asarray(sinusoids(x.shape[1], cfg.width)))))
+    return float(np.mean(np.square(x, dtype=np.float64))) + pos
+
+
+def predict(cfg: RunConfig, dataset) -> dict[str, Any]:
+    """Theory at initialization (derived in docs/transformer.md) for pre_ln and rezero blocks, else 'no theory'.
+
+    Over the random weights, a sublayer's output is uncorrelated with the stream it is added to, so the
+    stream's q adds the sublayers' q: q_{l+1} = q_l + a_l + f_l. An MLP on an input of mean square s
+    gives f = s_2 E[phi(z)^2], z ~ N(0, s_1 s) (s_1, s_2 the kernels' sigma^2); attention gives
+    a = s_v s_o s sum_jk p_j p_k rho_jk, between s_v s_o s / n (tokens uncorrelated, attention uniform)
+    and s_v s_o s (every token alike). pre_ln: s = 1 (the norm), so q grows linearly, by f + a per
+    block. rezero: both branches are scaled by 0, so q stays q_0, and dL/dx_l = dL/dx_{l+1}: chi = 1.
+    """
+    none = {"chi_theory": None, "signal_profile_theory": None}
+    if cfg.block not in ("pre_ln", "rezero"):
+        return {**none, "theory": f"no theory: the residual-stream theory here covers pre_ln and rezero, not {cfg.block}"}
+    try:
+        s = _weight_vars(cfg)
+    except ValueError as e:
+        return {**none, "theory": f"no theory: {e}"}
+    n = dataset.x_train.shape[1]
+    # With a causal mask token i averages over i + 1 tokens: uniform attention gives sum_j p_j^2 = 1 / (i + 1).
+    spread = float(np.mean(1.0 / np.arange(1, n + 1))) if cfg.causal else 1.0 / n
+    q0 = embedded_q(cfg, dataset.x_train)
+    s_in = 1.0 if cfg.block == "pre_ln" else q0
+    f = float(theory.variance_map(cfg.activation, s["mlp_out"], 0.0, s["mlp_in"] * s_in))
+    a_hi = s["v"] * s["out"] * s_in
+    a_lo = a_hi * spread
+    blocks = np.arange(1, cfg.depth + 1)
+    if cfg.block == "pre_ln":
+        low = [*(q0 + blocks * (a_lo + f)), *[a_lo] * cfg.depth, *[f] * cfg.depth]
+        high = [*(q0 + blocks * (a_hi + f)), *[a_hi] * cfg.depth, *[f] * cfg.depth]
+        out = {
+            **none,
+            "theory": "pre_ln residual stream (derived here): q_l = q_0 + l (a + f), a between tokens"
+            " uncorrelated and alike; no backward theory",
+        }
+    else:
+        low = [*[q0] * cfg.depth, *[a_lo] * cfg.depth, *[f] * cfg.depth]
+        high = [*[q0] * cfg.depth, *[a_hi] * cfg.depth, *[f] * cfg.depth]
+        out = {
+            "chi_theory": 1.0,
+            "signal_profile_theory": [1.0] * cfg.depth,
+            "theory": "rezero at init (derived here): every block the identity, q_l = q_0 and chi = 1 exactly",
+        }
+    return {**out, "q_theory_low": [metrics.clean(v) for v in low], "q_theory_high": [metrics.clean(v) for v in high]}
+
+
 FAMILY = register(
     Family(
         name="transformer",
@@ -228,7 +291,8 @@ FAMILY = register(
         layer_kernels=_kernels,
         is_layer_kernel=lambda path: len(path) >= 3 and path[0] == "blocks" and path[-1] == "kernel" and path[-2] in KERNELS,
         representation=_representation,
-        no_theory="no theory: mean-field predictions here cover the mlp and the vanilla rnn",
+        no_theory="no theory: the residual-stream theory here covers pre_ln and rezero",
+        predict=predict,
         tasks=("classification", "regression", "per_position"),
         sequence=True,
         norms=("none", *BLOCK_NORMS),
