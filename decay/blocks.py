@@ -20,6 +20,17 @@ from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
 
 
+def stacked(make: Callable[[jax.Array], Any], keys: jax.Array) -> Any:
+    """One module of `make(key)`'s structure whose variables hold the modules of every key on a leading axis.
+
+    The values are drawn in one compiled program (bitwise the values of `make(key)` for each key); built
+    op by op, every new depth or width would compile each initializer's operations anew.
+    """
+    template = nnx.eval_shape(lambda: make(keys[0]))
+    nnx.update(template, jax.jit(jax.vmap(lambda k: nnx.state(make(k))))(keys))
+    return template
+
+
 def rms(y: jax.Array) -> jax.Array:
     """Root mean square over every entry."""
     return jnp.sqrt(jnp.mean(jnp.square(y)))
@@ -57,9 +68,7 @@ class Stack(nnx.Module):
     """`n` identical layers with stacked parameters, applied in sequence by `jax.lax.scan`."""
 
     def __init__(self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None):
-        keys = jax.random.split(key, n)
-        self.layer = make_layer(nnx.Rngs(params=keys[0]))  # template; its values are replaced below
-        nnx.update(self.layer, jax.vmap(lambda k: nnx.state(make_layer(nnx.Rngs(params=k))))(keys))
+        self.layer = stacked(lambda k: make_layer(nnx.Rngs(params=k)), jax.random.split(key, n))
         self.residual_scale = residual_scale  # None: plain net
 
     def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:

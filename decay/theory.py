@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from decay import families, metrics
 from decay.config import RunConfig
@@ -515,12 +516,14 @@ def _moments(activation: str, normalized: bool):
     phi, d1, _ = _fns(activation)
 
     @jax.jit
-    def moments(q):
+    def moments(q):  # one stacked array: a single transfer to the host per call (the recursion calls it per layer)
         scale = jnp.ones_like(q) if normalized else q
-        return (
-            _mean(phi, scale),
-            _mean(lambda u: phi(u) ** 2, scale),
-            _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
+        return jnp.stack(
+            [
+                _mean(phi, scale),
+                _mean(lambda u: phi(u) ** 2, scale),
+                _mean(lambda u: d1(u) ** 2, scale) / (q if normalized else 1.0),
+            ]
         )
 
     return moments
@@ -532,7 +535,7 @@ def _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_wei
     if norm not in ("none", "layernorm", "rmsnorm"):
         raise ValueError(f"no layer-wise profile for norm '{norm}'")
     jitted = _moments(activation, norm != "none")
-    moments = lambda q: [np.asarray(v) for v in jitted(q)]  # noqa: E731  (the recursion runs in NumPy float64)
+    moments = lambda q: np.asarray(jitted(q))  # noqa: E731  (the recursion runs in NumPy float64)
     stem_wv = weight_var if stem_weight_var is None else stem_weight_var
     q_in = np.atleast_1d(np.asarray(q_in, np.float64))
     alpha = residual_scale
@@ -589,12 +592,14 @@ def signal_profile(
     """
     log_a, log_pass = _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, stem_weight_var, residual_scale)
     # log ||dL/dx_l||^2 relative to the last layer: the sum of log pass_k over the layers k above l.
-    above = jnp.concatenate([jnp.cumsum(log_pass[::-1][:-1], axis=0)[::-1], jnp.zeros_like(log_pass[:1])])
-    log_s = log_a + above
-    log_s = log_s - log_s[-1]
-    # Average over examples in log space (the last layer is 1 for every example).
-    avg = jax.scipy.special.logsumexp(log_s, axis=1) - math.log(log_s.shape[1])
-    return np.asarray(jnp.exp(avg))
+    # In NumPy: eager JAX operations would compile anew for every (depth, examples) shape.
+    above = np.concatenate([np.cumsum(log_pass[::-1][:-1], axis=0)[::-1], np.zeros_like(log_pass[:1])])
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf where a signal vanished: NaN; exp overflows to inf
+        log_s = log_a + above
+        log_s = log_s - log_s[-1]
+        # Average over examples in log space (the last layer is 1 for every example).
+        avg = scipy.special.logsumexp(log_s, axis=1) - math.log(log_s.shape[1])
+        return np.exp(avg)
 
 
 @_x64
@@ -603,7 +608,8 @@ def residual_block_factors(
 ) -> np.ndarray:
     """Per-block factor of the squared carried gradient, 1 + alpha^2 weight_var nu_l E[phi'(n(h_l))^2], blocks 1..depth-1."""
     _, log_pass = _profile_terms(activation, norm, weight_var, bias_var, depth, q_in, None, residual_scale)
-    return np.asarray(jnp.exp(log_pass[1:, 0]))
+    with np.errstate(over="ignore"):
+        return np.exp(log_pass[1:, 0])
 
 
 def _fit(profile: np.ndarray) -> float | None:

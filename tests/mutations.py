@@ -381,6 +381,22 @@ MUTANTS = [
         ("tests/test_recurrent.py",),
         "the rnn's mean-field map forgets the input's variance added every step",
     ),
+    M(
+        "transformer_theory_no_mlp_term",
+        "decay/families/transformer.py",
+        "low = [*(q0 + blocks * (a_lo + f)),",
+        "low = [*(q0 + blocks * a_lo),",
+        ("tests/test_transformer.py",),
+        "the pre_ln stream's predicted growth leaves out the MLP sublayer's contribution",
+    ),
+    M(
+        "transformer_causal_mask_inverted",
+        "decay/families/transformer.py",
+        "jnp.tril(jnp.ones((n, n), bool))",
+        "jnp.triu(jnp.ones((n, n), bool))",
+        ("tests/test_transformer.py",),
+        "a causal model reads later tokens instead of earlier ones",
+    ),
 ]
 
 

@@ -139,7 +139,9 @@ def test_c1_on_made_up_rows_tunes_on_validation_and_reads_the_verdict_from_them(
 _REAL = dataclasses.replace(
     claims.QUICK, width=8, steps=10, seeds=2, shallow=2, deep=8, seed_net_steps=10, seed_net_learning_rates=(0.03, 0.3)
 )
-_ONLY = ("C1", "C2", "C7", "C8")  # every kind of run (mlp, clipped, seed_cnn) at a third of the cost of all eight
+# Every kind of run (mlp, clipped, seed_cnn) at a fifth of the cost of all eight; C1's verdict rule is checked on
+# made-up rows above.
+_ONLY = ("C2", "C7")
 
 
 def _first_real_run(workdir: str) -> None:
@@ -161,9 +163,9 @@ def test_tiny_real_run_writes_its_claims_and_resumes():
     first = json.loads((tmp_path / "first_pass.json").read_text())
     report, seen = first["report"], first["seen"]
     text = open(report).read()
-    for i in (1, 2, 7, 8):
+    for i in (2, 7):
         assert f"## C{i}:" in text and (tmp_path / "claims" / f"C{i}.png").stat().st_size > 5000
-    assert "## C3:" not in text and text.count("**Verdict: ") == 4
+    assert "## C1:" not in text and "## C3:" not in text and text.count("**Verdict: ") == 2
     assert len(seen) == len((tmp_path / "runs.jsonl").read_text().splitlines())
     again = []
     claims.run(cfg, str(tmp_path), lambda label, row: again.append(label), only)

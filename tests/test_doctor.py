@@ -11,7 +11,7 @@ import pytest
 from decay import data, theory
 from decay.config import DoctorConfig, RunConfig
 from decay.studies import doctor
-from tests.shell import scratch, shell
+from tests.shell import call, scratch, shell
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(120)  # E f(z), z ~ N(0, 1): sum(w f(x)) / sqrt(2 pi)
 
@@ -40,15 +40,29 @@ def _proposal(proposals, kind):
     return next(p for p in proposals if p.kind == kind)
 
 
-def test_tanh_gets_a_point_of_the_critical_line_and_measures_chi_one_at_width_512(digits_q):
+def _critical_tanh_at_width_512(out_dir: str) -> None:
+    """Background work (tests/shell.py): the critical-init proposal for a deep tanh net, measured at init."""
     from decay.loop import train_run
 
     base = RunConfig(depth=32, width=512, activation="tanh", norm="none", steps=0)
-    crit = _proposal(doctor.propose(base, *digits_q), "critical init")
-    wv, bv = dict(crit.changes)["weight_var"], dict(crit.changes)["bias_var"]
+    ds = data.load("digits", None, 0)
+    crit = _proposal(doctor.propose(base, *theory.input_q(ds.x_train)), "critical init")
+    row = train_run(crit.config, ds)  # measured at initialization (steps 0)
+    with open(f"{out_dir}/critical.json", "w") as f:
+        json.dump({"changes": dict(crit.changes), "chi": row["chi"]}, f)
+
+
+_CRITICAL = call("tests.test_doctor:_critical_tanh_at_width_512", scratch("doctor_critical", make=True))
+
+
+@pytest.mark.background
+def test_tanh_gets_a_point_of_the_critical_line_and_measures_chi_one_at_width_512():
+    out = _CRITICAL()
+    assert out.returncode == 0, out.stderr
+    got = json.loads((scratch("doctor_critical") / "critical.json").read_text())
+    wv, bv = got["changes"]["weight_var"], got["changes"]["bias_var"]
     assert abs(_tanh_chi1(wv, bv) - 1.0) < 1e-6, (wv, bv)
-    row = train_run(crit.config, data.load("digits", None, 0))  # measured at initialization (steps 0)
-    assert row["chi"] == pytest.approx(1.0, abs=0.03)
+    assert got["chi"] == pytest.approx(1.0, abs=0.03)
 
 
 def test_relu_without_norm_gets_he_variance_and_zero_bias(digits_q):
@@ -59,33 +73,54 @@ def test_relu_without_norm_gets_he_variance_and_zero_bias(digits_q):
     assert p.chi_theory == pytest.approx(1.0, abs=1e-9)
 
 
-def test_deep_batchnorm_without_skips_gets_a_proposal_that_removes_the_explosion(tmp_path):
-    base = RunConfig(depth=64, width=64, activation="relu", norm="batchnorm", steps=0)
-    doc = doctor.doctor(DoctorConfig(base=base, seeds=1, learning_rates=(0.01,)), str(tmp_path))
+def _doctors(out_dir: str) -> None:
+    """Background work (tests/shell.py): the doctor on a deep batchnorm net without skips, and on a critical net twice
+    (the second call resumes)."""
+    explode = RunConfig(depth=64, width=64, activation="relu", norm="batchnorm", steps=0)
+    doctor.doctor(DoctorConfig(base=explode, seeds=1, learning_rates=(0.01,)), f"{out_dir}/explode")
+    critical = DoctorConfig(base=_CRITICAL_BASE, seeds=2, learning_rates=(0.05,))
+    first = doctor.doctor(critical, f"{out_dir}/critical")
+    runs = open(f"{out_dir}/critical/runs.jsonl").read()
+    again = doctor.doctor(critical, f"{out_dir}/critical")
+    with open(f"{out_dir}/resume.json", "w") as f:
+        same_doc = json.dumps(again) == json.dumps(first)
+        json.dump({"same_runs": open(f"{out_dir}/critical/runs.jsonl").read() == runs, "same_doc": same_doc}, f)
+
+
+_CRITICAL_BASE = RunConfig(depth=12, width=64, activation="relu", norm="none", init="he_normal", steps=30, eval_every=15)
+_DOCTORS = call("tests.test_doctor:_doctors", scratch("doctors", make=True))
+
+
+@pytest.mark.background
+def test_deep_batchnorm_without_skips_gets_a_proposal_that_removes_the_explosion():
+    assert _DOCTORS().returncode == 0, _DOCTORS().stderr
+    out = scratch("doctors") / "explode"
+    doc = json.loads((out / "doctor.json").read_text())
     assert doc["diagnosis"]["verdict"] == "exploding" and not doc["nothing_to_fix"]
     assert doc["diagnosis"]["words"][0].startswith("Gradients explode: measured chi = ")
     chis = {e["flags"]: e["measured"]["chi"] for e in doc["proposals"]}
     assert any(abs(c - 1.0) < 0.1 for c in chis.values()), chis
     assert {e["kind"] for e in doc["proposals"]} >= {"residual", "norm"}
     for name in ("doctor.md", "doctor.json", "doctor.png", "runs.jsonl"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0
 
 
-def test_a_critical_configuration_has_nothing_to_fix_and_still_gets_its_numbers(tmp_path):
-    base = RunConfig(depth=12, width=64, activation="relu", norm="none", init="he_normal", steps=30, eval_every=15)
-    doc = doctor.doctor(DoctorConfig(base=base, seeds=2, learning_rates=(0.05,)), str(tmp_path))
+@pytest.mark.background
+def test_a_critical_configuration_has_nothing_to_fix_and_still_gets_its_numbers():
+    assert _DOCTORS().returncode == 0, _DOCTORS().stderr
+    out = scratch("doctors") / "critical"
+    doc = json.loads((out / "doctor.json").read_text())
     assert doc["nothing_to_fix"]
     d = doc["diagnosis"]
     assert 0.1 <= d["gain"] <= 10 and d["chi"] is not None and d["val_accuracy"]["n"] == 2
-    assert "**Nothing to fix in the gradient**" in (tmp_path / "doctor.md").read_text()
+    assert "**Nothing to fix in the gradient**" in (out / "doctor.md").read_text()
     # He init is already critical: no critical-init proposal; every proposal shown was trained and compared.
     assert all(e["kind"] != "critical init" for e in doc["proposals"])
     for e in doc["proposals"]:
         assert e["training"]["ci95"] is not None  # two seeds with a spread: an interval
     # Resuming: the same call trains nothing and gives the same document.
-    before = (tmp_path / "runs.jsonl").read_text()
-    again = doctor.doctor(DoctorConfig(base=base, seeds=2, learning_rates=(0.05,)), str(tmp_path))
-    assert (tmp_path / "runs.jsonl").read_text() == before and json.dumps(again) == json.dumps(doc)
+    resume = json.loads((scratch("doctors") / "resume.json").read_text())
+    assert resume == {"same_runs": True, "same_doc": True}
 
 
 def _row(seed, lr, val, chi=1.0, depth=8, test=0.5):

@@ -255,21 +255,44 @@ def test_full_tier_sweep_writes_rows_tensorboard_and_figures():
     assert [e.step for e in acc.Scalars("hessian/top_eigenvalue")] == [0, 2, 4]
 
 
-def test_analysis_functions_on_a_reopened_checkpoint(tiny_data, tmp_path, bn_run):
+def _analysis_in_background(out_dir: str) -> None:
+    """Background work (tests/shell.py): every analysis function on a reopened relu run; shapes and values to JSON."""
+    data = make_tiny_data()
     cfg = tiny_config(activation="relu", instruments="basic", steps=4)
-    train_run(cfg, tiny_data, run_dir=str(tmp_path))
-    run = analysis.load_run(str(tmp_path))
-    x, y = _batch(tiny_data)
+    train_run(cfg, data, run_dir=os.path.join(out_dir, "run"))
+    run = analysis.load_run(os.path.join(out_dir, "run"))
+    x, y = _batch(data)
     stats = analysis.activation_stats(run, x, y)
-    assert stats["q"].shape == (cfg.depth,) and stats["c_star"] == pytest.approx(1.0)
-    assert analysis.dead_units(run, x, y).shape == (cfg.depth,)
-    noise = analysis.gradient_noise(run, x, y)
-    assert noise["b_simple"] > 0
-    psg = analysis.per_sample_gradients(run, x, y)
-    assert jax.tree.leaves(psg)[0].shape[0] == x.shape[0]
-    top = analysis.hessian_top_eigenvalue(run, x, y)
-    trace = analysis.hessian_trace(run, x, y)
-    assert top > 0 and trace["layers"].shape == (cfg.depth,)
+    got = {
+        "depth": cfg.depth,
+        "q_shape": list(stats["q"].shape),
+        "c_star": stats["c_star"],
+        "dead_shape": list(analysis.dead_units(run, x, y).shape),
+        "b_simple": float(analysis.gradient_noise(run, x, y)["b_simple"]),
+        "psg_leading": int(jax.tree.leaves(analysis.per_sample_gradients(run, x, y))[0].shape[0]),
+        "batch": int(x.shape[0]),
+        "top": float(analysis.hessian_top_eigenvalue(run, x, y)),
+        "trace_layers_shape": list(analysis.hessian_trace(run, x, y)["layers"].shape),
+    }
+    with open(os.path.join(out_dir, "analysis.json"), "w") as f:
+        json.dump(got, f)
+
+
+_ANALYSIS = call("tests.test_instruments:_analysis_in_background", scratch("reopened_analysis", make=True))
+
+
+@pytest.mark.background
+def test_analysis_functions_on_a_reopened_checkpoint():
+    assert _ANALYSIS().returncode == 0, _ANALYSIS().stderr
+    got = json.loads((scratch("reopened_analysis") / "analysis.json").read_text())
+    assert got["q_shape"] == [got["depth"]] and got["c_star"] == pytest.approx(1.0)
+    assert got["dead_shape"] == [got["depth"]] and got["b_simple"] > 0
+    assert got["psg_leading"] == got["batch"]
+    assert got["top"] > 0 and got["trace_layers_shape"] == [got["depth"]]
+
+
+def test_per_sample_gradients_of_a_batchnorm_run_are_refused(tiny_data, bn_run):
+    x, y = _batch(tiny_data)
     with pytest.raises(ValueError, match="gradient_noise"):  # batchnorm couples the examples
         analysis.per_sample_gradients(analysis.load_run(str(bn_run.run_dir)), x, y)
 

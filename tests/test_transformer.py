@@ -426,8 +426,18 @@ def test_the_streams_q_at_init_follows_the_residual_theory_at_width_512(block):
     q = np.asarray(nnx.jit(lambda m, x: m(x, stats=True)[1]["q"])(model, x))
     low, high = np.array(want["q_theory_low"]), np.array(want["q_theory_high"])
     stream, attention, mlp = q[:depth], q[depth : 2 * depth], q[2 * depth :]
-    f = float(theory.variance_map("gelu", 2.0, 0.0, 2.0 * (1.0 if block == "pre_ln" else np.mean(np.square(x)) + 0.02**2)))
-    np.testing.assert_allclose(low[2 * depth :], f, rtol=1e-6)  # he_normal for gelu: sigma^2 = 2 for every kernel
+    q0 = float(np.mean(np.square(x, dtype=np.float64))) + 0.02**2  # the embedding's (lecun_normal) plus learned positions
+    s_in = 1.0 if block == "pre_ln" else q0  # the sublayers' input: normed, or the stream itself
+    f = float(theory.variance_map("gelu", 2.0, 0.0, 2.0 * s_in))  # he_normal for gelu: sigma^2 = 2 for every kernel
+    np.testing.assert_allclose(low[2 * depth :], f, rtol=1e-6)
+    np.testing.assert_allclose(high[2 * depth :], f, rtol=1e-6)
+    a_low, a_high = 2.0 * 2.0 * s_in / tokens, 2.0 * 2.0 * s_in  # uniform attention over uncorrelated tokens; all alike
+    np.testing.assert_allclose(low[depth : 2 * depth], a_low, rtol=1e-6)
+    np.testing.assert_allclose(high[depth : 2 * depth], a_high, rtol=1e-6)
+    blocks = np.arange(1, depth + 1)
+    grows = block == "pre_ln"  # rezero: q stays q_0
+    np.testing.assert_allclose(low[:depth], q0 + grows * blocks * (a_low + f), rtol=1e-6)
+    np.testing.assert_allclose(high[:depth], q0 + grows * blocks * (a_high + f), rtol=1e-6)
     np.testing.assert_allclose(np.mean(mlp), f, rtol=0.08)
     assert np.all(attention >= low[depth : 2 * depth]) and np.all(attention <= high[depth : 2 * depth])
     if block == "pre_ln":

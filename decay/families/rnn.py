@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from decay import instruments, metrics, theory
-from decay.blocks import rms
+from decay.blocks import rms, stacked
 from decay.config import RunConfig
 from decay.errors import ConfigError
 from decay.family import Family, register
@@ -182,11 +182,7 @@ class Recurrent(nnx.Module):
 
 def _stacked(kind: str, cfg: RunConfig, key: jax.Array) -> Recurrent:
     """Layers 1..depth-1: one template whose variables hold the layers' values on a leading layer axis."""
-    keys = jax.random.split(key, cfg.depth - 1)
-    make = lambda k: Recurrent(kind, cfg.width, cfg, rngs=nnx.Rngs(params=k))  # noqa: E731
-    layer = make(keys[0])
-    nnx.update(layer, jax.vmap(lambda k: nnx.state(make(k)))(keys))
-    return layer
+    return stacked(lambda k: Recurrent(kind, cfg.width, cfg, rngs=nnx.Rngs(params=k)), jax.random.split(key, cfg.depth - 1))
 
 
 class RecurrentNet(nnx.Module):
