@@ -23,8 +23,9 @@ from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_ini
 def stacked(make: Callable[[jax.Array], Any], keys: jax.Array) -> Any:
     """One module of `make(key)`'s structure whose variables hold the modules of every key on a leading axis.
 
-    The values are drawn in one compiled program (bitwise the values of `make(key)` for each key); built
-    op by op, every new depth or width would compile each initializer's operations anew.
+    The values are drawn in one compiled program, the values of `make(key)` for each key (bitwise, except
+    that a scale folded into an initializer, DeepNorm's beta, may round 1 ulp differently than op by op);
+    built op by op, every new depth or width would compile each initializer's operations anew.
     """
     template = nnx.eval_shape(lambda: make(keys[0]))
     nnx.update(template, jax.jit(jax.vmap(lambda k: nnx.state(make(k))))(keys))
