@@ -1,9 +1,10 @@
-"""What the benchmarks share: interleaved repeated timings."""
+"""What the benchmarks share: interleaved repeated timings, the check of --parts, the printed table, the JSON file."""
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -32,3 +33,21 @@ def write_json(path: str, data: Any) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+
+
+def check_parts(parts: Iterable[str], known: Iterable[str]) -> None:
+    """Exits with status 2 and one line on stderr when --parts names a part the benchmark does not have."""
+    known = list(known)
+    unknown = [p for p in parts if p not in known]
+    if unknown:
+        print(f"error: --parts has {', '.join(unknown)}; allowed: {', '.join(known)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def table(rows: Sequence[tuple[str, str, float, str]]) -> str:
+    """Rows of (measurement, figures, ratio, goal) as aligned text under a header line."""
+    w = max(len(r[0]) for r in rows)
+    v = max(len(r[1]) for r in rows)
+    lines = [f"{'measurement':<{w}}  {'figures':>{v}}  {'ratio':>6}  goal"]
+    lines += [f"{a:<{w}}  {b:>{v}}  {c:6.2f}  {d}" for a, b, c, d in rows]
+    return "\n".join(lines)

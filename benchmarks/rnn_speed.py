@@ -42,7 +42,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks._timing import write_json
+from benchmarks._timing import check_parts, table, write_json
 
 _PARTS = flags.DEFINE_list("parts", ["step", "compile"], "Parts to run.")
 _FAMILIES = flags.DEFINE_list("families", ["rnn", "lstm", "gru"], "Recurrent families to time.")
@@ -343,11 +343,7 @@ def _table(res: dict) -> str:
         for fam, r in res["compile"]["per_family"].items():
             s = r["trace_compile_s"]
             rows.append((f"{fam} compile, T=1000 / T=10", f"{s['1000']:.2f} / {s['10']:.2f} s", r["ratio"], "<= 2"))
-    w = max(len(r[0]) for r in rows)
-    v = max(len(r[1]) for r in rows)
-    lines = [f"{'measurement':<{w}}  {'figures':>{v}}  {'ratio':>6}  goal"]
-    lines += [f"{a:<{w}}  {b:>{v}}  {c:6.2f}  {d}" for a, b, c, d in rows]
-    return "\n".join(lines)
+    return table(rows)
 
 
 def main(argv: list[str]) -> None:
@@ -355,10 +351,7 @@ def main(argv: list[str]) -> None:
     if _CHILD.value:
         print(json.dumps(CHILDREN[_CHILD.value]()))
         return
-    unknown = [p for p in _PARTS.value if p not in PARTS]
-    if unknown:
-        print(f"error: --parts has {', '.join(unknown)}; allowed: {', '.join(PARTS)}", file=sys.stderr)
-        sys.exit(2)
+    check_parts(_PARTS.value, PARTS)
     t0 = time.perf_counter()
     res: dict = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
     for part in _PARTS.value:
