@@ -855,6 +855,7 @@ def transformer_init_figure(summary: Sequence[dict[str, Any]], blocks: Sequence[
     ]
     for ax, (key, label, log) in zip(axes.ravel(), panels, strict=True):
         notes: dict[str, list[str]] = {}
+        drawn_top = 0.0
         for i, b in enumerate(blocks):
             s = at[b]
             if s is None:
@@ -873,12 +874,16 @@ def transformer_init_figure(summary: Sequence[dict[str, Any]], blocks: Sequence[
             x = np.arange(len(values))
             y = np.where(shown, np.log10(np.where(shown, np.abs(values), 1.0)), np.nan) if log else values
             ax.plot(x, y, "-", color=ACT_COLORS(i), label=b)
+            drawn_top = max(drawn_top, float(np.nanmax(np.where(shown, values, np.nan))))
             if key == "q" and s.get("q_theory_low") and s["q_theory_low"][0] is not None:
                 lo, hi = as_float_array(s["q_theory_low"]), as_float_array(s["q_theory_high"])
                 if np.allclose(lo, hi):
                     ax.plot(x, lo, "--", color=ACT_COLORS(i), lw=1, label=f"{b} theory")
                 else:
                     ax.fill_between(x, lo, hi, color=ACT_COLORS(i), alpha=0.15, label=f"{b} theory band")
+                drawn_top = max(drawn_top, float(np.nanmax(hi)))
+        if key == "q" and drawn_top > 0:  # from 0: a normed stream's q of 1 +- 1e-6 is a flat line, not noise
+            ax.set_ylim(0.0, 1.15 * drawn_top)
         if notes:
             text = "; ".join(f"{k}: {', '.join(v)}" for k, v in notes.items())
             ax.text(0.01, 0.01, text, transform=ax.transAxes, fontsize=8, va="bottom", color="gray")
