@@ -18,10 +18,6 @@ from decay.errors import ConfigError
 __all__ = ["ConfigError", "RunConfig", "SweepConfig", "dumps", "help_of"]
 
 
-RECURRENT = ("rnn", "lstm", "gru")  # families whose run names also carry T, the recurrent init and clipping
-TRANSFORMER = ("transformer",)  # run names also carry the block type and the warm-up
-
-
 def _field(default: Any, help_text: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help_text})
 
@@ -92,13 +88,11 @@ class RunConfig:
     @property
     def name(self) -> str:
         """Folder-safe name that encodes what varies across a sweep."""
+        from decay.families import FAMILIES  # the family adds what else varies across its studies (Family.name_suffix)
+
         res = f"-res{self.residual_scale:g}" if self.residual else ""
-        if self.model in RECURRENT:  # time, recurrent init and clipping vary across a time sweep
-            init = f"wv{self.weight_var:g}" if self.weight_var is not None else self.recurrent_init
-            clip = "" if self.clip_norm is None else f"-clip{self.clip_norm:g}"
-            res += f"-T{self.seq_len}-{init}{clip}"
-        if self.model in TRANSFORMER:
-            res += f"-{self.block}" + (f"-warm{self.warmup_steps}" if self.warmup_steps else "")
+        if self.model in FAMILIES.names() and FAMILIES.get(self.model).name_suffix is not None:
+            res += FAMILIES.get(self.model).name_suffix(self)
         return f"{self.model}-d{self.depth:04d}-{self.activation}-{self.norm}{res}-lr{self.learning_rate:g}-s{self.seed}"
 
     def to_json(self) -> dict[str, Any]:

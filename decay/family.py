@@ -54,6 +54,7 @@ class Family:
     chi_points: Callable[[RunConfig, tuple[int, ...]], tuple[int, int]] | None = None
     predict: Callable[..., dict[str, Any]] | None = None
     row_fields: Callable[[RunConfig], dict[str, Any]] | None = None  # the family's own settings in the row
+    name_suffix: Callable[[RunConfig], str] | None = None  # what else a run's name carries (RunConfig.name)
     # Families with more than one kernel per layer (a transformer block's q, k, v, out, mlp_in, mlp_out): how many
     # kernels `layer_kernels` gives (default cfg.depth), and the TensorBoard tag suffixes of kernels and points
     # (default layer_XX).

@@ -314,7 +314,15 @@ def _family(kind: str) -> Family:
             "input_var": cfg.input_var,
             "forget_bias": cfg.forget_bias if kind == "lstm" else None,
         },
+        name_suffix=_name_suffix,
     )
+
+
+def _name_suffix(cfg: RunConfig) -> str:
+    """Time, recurrent init and clipping vary across a time sweep."""
+    init = f"wv{cfg.weight_var:g}" if cfg.weight_var is not None else cfg.recurrent_init
+    clip = "" if cfg.clip_norm is None else f"-clip{cfg.clip_norm:g}"
+    return f"-T{cfg.seq_len}-{init}{clip}"
 
 
 RNN = register(_family("rnn"))

@@ -300,6 +300,7 @@ FAMILY = register(
         point_names=lambda cfg, shape: [f"{k}/block_{i:03d}" for k in POINT_KINDS for i in range(cfg.depth)],
         kernel_names=lambda cfg: [f"{k}/block_{i:03d}" for k in KERNELS for i in range(cfg.depth)],
         row_fields=lambda cfg: {"block": cfg.block, "heads": cfg.heads, "causal": cfg.causal},
+        name_suffix=lambda cfg: f"-{cfg.block}" + (f"-warm{cfg.warmup_steps}" if cfg.warmup_steps else ""),
         check_config=check,
     )
 )
