@@ -1,7 +1,12 @@
-"""What the benchmarks share: interleaved repeated timings, the check of --parts, the printed table, the JSON file."""
+"""What the benchmarks share: interleaved repeated timings, measurements in child processes, the parts run in
+order, the check of --parts, the printed table, the JSON file."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -51,3 +56,35 @@ def table(rows: Sequence[tuple[str, str, float, str]]) -> str:
     lines = [f"{'measurement':<{w}}  {'figures':>{v}}  {'ratio':>6}  goal"]
     lines += [f"{a:<{w}}  {b:>{v}}  {c:6.2f}  {d}" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def child_json(module: str, *args: str, env: dict[str, str]) -> dict:
+    """`python -m module args` in a fresh process from the repository root: the JSON of its last stdout line, with
+    `attempts`. A child killed by a signal (the OOM killer of a shared machine) is run once more."""
+    for attempt in range(2):
+        out = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env={**os.environ, **env},
+        )
+        if out.returncode >= 0 or attempt:
+            break
+    if out.returncode:
+        raise RuntimeError(f"child {' '.join(args)} failed (exit status {out.returncode}):\n{out.stderr[-3000:]}")
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "attempts": attempt + 1}
+
+
+def run_parts(names: Sequence[str], parts: dict[str, Callable[[int], dict]], repeats: int) -> dict:
+    """The machine (cores, platform, Python, load average), each named part's figures, and the total seconds."""
+    t0 = time.perf_counter()
+    res: dict = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+    try:
+        res["machine"]["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    for name in names:
+        res[name] = parts[name](repeats)
+    res["total_s"] = time.perf_counter() - t0
+    return res

@@ -32,17 +32,13 @@ pool, and JAX's CPU devices as `decay.devices.configure` sets them (one per core
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-from benchmarks._timing import check_parts, table, write_json
+from benchmarks._timing import check_parts, child_json, run_parts, table, write_json
 
 _PARTS = flags.DEFINE_list("parts", ["step", "compile"], "Parts to run.")
 _FAMILIES = flags.DEFINE_list("families", ["rnn", "lstm", "gru"], "Recurrent families to time.")
@@ -263,16 +259,7 @@ def part_step(repeats: int) -> dict:
 
 
 def _child(*args: str, env: dict[str, str]) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.rnn_speed", *args],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        env={**os.environ, **env},
-    )
-    if out.returncode:
-        raise RuntimeError(f"child {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json("benchmarks.rnn_speed", *args, env=env)
 
 
 def part_compile(repeats: int) -> dict:
@@ -352,11 +339,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(CHILDREN[_CHILD.value]()))
         return
     check_parts(_PARTS.value, PARTS)
-    t0 = time.perf_counter()
-    res: dict = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
-    for part in _PARTS.value:
-        res[part] = PARTS[part](_REPEATS.value)
-    res["total_s"] = time.perf_counter() - t0
+    res = run_parts(_PARTS.value, PARTS, _REPEATS.value)
     if "step" in res:
         s = res["step"]
         print(

@@ -36,17 +36,13 @@ Threads are left at their defaults (reported): PyTorch's intra-op pool, and JAX'
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-from benchmarks._timing import check_parts, table, write_json
+from benchmarks._timing import check_parts, child_json, run_parts, table, write_json
 
 _PARTS = flags.DEFINE_list("parts", ["step", "first_step"], "Parts to run.")
 _DEPTHS = flags.DEFINE_list("depths", ["8", "32"], "Depths (blocks) of the step part.")
@@ -264,20 +260,7 @@ def part_step(repeats: int) -> dict:
 
 
 def _child(*args: str, env: dict[str, str]) -> dict:
-    """One child's JSON line; a child killed by a signal (the OOM killer of a shared machine) is run once more."""
-    for attempt in range(2):
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.transformer_speed", *args],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            env={**os.environ, **env},
-        )
-        if out.returncode >= 0 or attempt:
-            break
-    if out.returncode:
-        raise RuntimeError(f"child {' '.join(args)} failed (exit status {out.returncode}):\n{out.stderr[-3000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "attempts": attempt + 1}
+    return child_json("benchmarks.transformer_speed", *args, env=env)
 
 
 def part_first_step(repeats: int) -> dict:
@@ -352,15 +335,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(CHILDREN[_CHILD.value]()))
         return
     check_parts(_PARTS.value, PARTS)
-    t0 = time.perf_counter()
-    res: dict = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
-    try:
-        res["machine"]["load_average"] = list(os.getloadavg())
-    except OSError:
-        pass
-    for part in _PARTS.value:
-        res[part] = PARTS[part](_REPEATS.value)
-    res["total_s"] = time.perf_counter() - t0
+    res = run_parts(_PARTS.value, PARTS, _REPEATS.value)
     if "step" in res:
         s = res["step"]
         print(
