@@ -378,13 +378,20 @@ def _one_line_error(call, *flags: str) -> None:
         (dict(block="rezero", norm="layernorm"), ("--block=rezero", "--norm")),
         (dict(block="no_norm", norm="rmsnorm"), ("--block=no_norm", "--norm")),
         (dict(block="sandwich", norm="layernorm"), ("--block='sandwich'",)),
+        (dict(positions="rotary"), ("--positions='rotary'", "learned, sinusoidal")),
+        (dict(mlp_ratio=0), ("--mlp_ratio=0", ">= 1")),
     ],
-    ids=["width_heads", "pre_ln_none", "deepnorm_none", "rezero_layernorm", "no_norm_rmsnorm", "unknown_block"],
+    ids=["width_heads", "pre_ln_none", "deepnorm_none", "rezero_layernorm", "no_norm_rmsnorm", "block", "positions", "ratio"],
 )
 def test_validate_run_rejects_bad_transformer_settings_in_one_line(settings, flags):
     cfg = _cfg(**settings)
     _one_line_error(lambda: validate_run(cfg), *flags)
     _one_line_error(lambda: _build(cfg), *flags)
+
+
+@pytest.mark.parametrize(("settings", "flag"), [(dict(warmup_steps=-1), "--warmup_steps=-1"), (dict(max_len=-1), "--max_len=-1")])
+def test_negative_warmup_or_max_len_is_a_one_line_error(settings, flag):
+    _one_line_error(lambda: validate_run(_cfg(**settings)), flag, ">= 0")
 
 
 @pytest.mark.parametrize("block", ["post_ln", "pre_ln", "deepnorm", "rezero", "no_norm"])

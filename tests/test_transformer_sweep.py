@@ -31,6 +31,9 @@ _BAD = {
     "--blocks=pre_ln,sandwich": "--blocks contains unknown 'sandwich'",
     "--heads=3": "--width=32 is not divisible by --heads=3",
     "--norm=none": "--block=post_ln places a norm",
+    "--train_depths=0": "--train_depths must be integers >= 1",
+    "--warmups=-5": "--warmups must be integers >= 0",
+    "--learning_rates=fast": "--learning_rates contains 'fast'",
 }
 _BAD_RUNS = {flag: shell("experiments.transformer_sweep", f"--workdir={scratch('transformer_bad')}", flag) for flag in _BAD}
 
