@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from decay import instruments
+from decay import instruments, layers
 from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
 
@@ -38,9 +38,13 @@ def rms(y: jax.Array) -> jax.Array:
 
 
 class Layer(nnx.Module):
-    """One hidden layer: dense or 3x3 conv -> norm -> activation, with an optional probe on h."""
+    """One hidden layer: dense or 3x3 conv -> norm -> activation, with an optional probe on h.
 
-    def __init__(self, in_features: int, cfg: RunConfig, conv: bool, padding: str, *, rngs: nnx.Rngs):
+    `shared`: the layer holds every registered norm (`layers.AnyNorm`) and applies the norm and the
+    activation its `layers.Choice` names, so one compiled program serves every activation and norm.
+    """
+
+    def __init__(self, in_features: int, cfg: RunConfig, conv: bool, padding: str, *, rngs: nnx.Rngs, shared: bool = False):
         init = resolve_init(cfg.init, cfg.activation)
         inits = dict(kernel_init=kernel_init(init, cfg.weight_var), bias_init=bias_init(cfg.bias_var))
         if conv:
@@ -49,20 +53,32 @@ class Layer(nnx.Module):
         else:
             self.linear = nnx.Linear(in_features, cfg.width, rngs=rngs, **inits)
             reduce_axes = (-1,)
-        self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
-        self.act = ACTIVATIONS.get(cfg.activation)
-        self.relu_like = cfg.activation in instruments.RELU_LIKE
+        if shared:
+            names = tuple(NORMS.names())
+            self.norm = layers.AnyNorm(names, cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
+            self.choice = layers.Choice(jnp.array([layers.activation_index(cfg.activation), names.index(cfg.norm)], jnp.int32))
+            self.act, self.relu_like = None, None
+        else:
+            self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
+            self.choice = None
+            self.act = ACTIVATIONS.get(cfg.activation)
+            self.relu_like = cfg.activation in instruments.RELU_LIKE
 
     def __call__(self, x: jax.Array, probe: jax.Array | None, train: bool, stats: bool = False):
         """The layer's output; with `stats`, (output, instruments.layer_stats of this layer)."""
         h = self.linear(x)
         if probe is not None:
             h = h + probe
-        z = self.norm(h, train)
-        y = self.act(z)
+        if self.choice is None:
+            z = self.norm(h, train)
+            y, relu_like = self.act(z), self.relu_like
+        else:
+            choice = self.choice[...]
+            z = self.norm(h, train, choice[1])
+            y, relu_like = layers.switch_activation(choice[0], z), layers.relu_like(choice[0])
         if not stats:
             return y
-        return y, {"act_rms": rms(y), **instruments.layer_stats(x, h, z, self.relu_like)}
+        return y, {"act_rms": rms(y), **instruments.layer_stats(x, h, z, relu_like)}
 
 
 class Stack(nnx.Module):

@@ -27,6 +27,11 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
+def keys(tree: Any) -> list[str]:
+    """The flat keys a checkpoint stores `tree`'s leaves under (pytree paths)."""
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:
     # `read_only` only means "do not create the folder": Orbax's own read-only mode logs warnings.
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, enable_async_checkpointing=False)
@@ -34,12 +39,23 @@ def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options, item_handlers=handlers)
 
 
-def save(ckpt_dir: str, step: int, state: Any, data_key: jax.Array | None, progress: dict[str, Any], keep: int) -> None:
+def save(
+    ckpt_dir: str,
+    step: int,
+    state: Any,
+    data_key: jax.Array | None,
+    progress: dict[str, Any],
+    keep: int,
+    saved: frozenset[str] | None = None,
+) -> None:
     """Saves `state` (a pytree), the data key (None: a watched model's, which has none) and `progress` as checkpoint `step`.
 
-    Keeps the newest `keep` checkpoints and step 0 (initialization), deletes the rest.
+    `saved`: only these flat keys of `state` (a shared program's state: the plain model's variables,
+    `decay.program.saved_keys`). Keeps the newest `keep` checkpoints and step 0 (initialization), deletes the rest.
     """
     arrays = _flat(state)
+    if saved is not None:
+        arrays = {k: v for k, v in arrays.items() if k in saved}
     if data_key is not None:
         arrays["['data_key']"] = np.asarray(jax.random.key_data(data_key))
     with _manager(ckpt_dir) as mngr:
@@ -61,8 +77,12 @@ def steps(ckpt_dir: str) -> list[int]:
         return sorted(mngr.all_steps())
 
 
-def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any, jax.Array, dict[str, Any], int]:
+def restore(
+    ckpt_dir: str, template: Any, step: int | None = None, saved: frozenset[str] | None = None
+) -> tuple[Any, jax.Array, dict[str, Any], int]:
     """Restores checkpoint `step` (default: the latest) into the structure of `template`.
+
+    `saved`: the flat keys the checkpoint holds (as given to `save`); the template's other leaves are kept.
 
     Returns (state, data_key or None, progress, step). Raises ConfigError, one line naming the path,
     when the checkpoint is missing, incomplete, corrupt or does not match the template.
@@ -74,7 +94,8 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
         step = available[-1]
     if step not in available:
         raise ConfigError(f"{ckpt_dir}: no checkpoint at step {step}; available steps: {', '.join(map(str, available))}")
-    expected = _flat(template)
+    whole = _flat(template)
+    expected = whole if saved is None else {k: v for k, v in whole.items() if k in saved}
     path = os.path.join(ckpt_dir, str(step))
     try:
         with _manager(ckpt_dir, read_only=True) as mngr:
@@ -107,7 +128,7 @@ def restore(ckpt_dir: str, template: Any, step: int | None = None) -> tuple[Any,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first[:200]})") from None
     arrays = out["state"]
-    restored = [np.asarray(arrays[k]).astype(v.dtype) for k, v in expected.items()]
+    restored = [np.asarray(arrays[k]).astype(v.dtype) if k in expected else v for k, v in whole.items()]
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), restored)
     data_key = jax.random.wrap_key_data(np.asarray(arrays["['data_key']"], np.uint32)) if "['data_key']" in arrays else None
     return state, data_key, out["progress"], step

@@ -62,6 +62,9 @@ class Family:
     check_config: Callable[[RunConfig], None] | None = None  # the family's own one-line ConfigErrors (its flags)
     point_names: Callable[[RunConfig, tuple[int, ...]], list[str]] | None = None
     kernel_names: Callable[[RunConfig], list[str]] | None = None
+    # Whether `build(..., shared=True)` gives the shared model: every norm's variables, the activation and norm
+    # chosen at run time (`decay.layers.Choice`), so that one compiled program serves every activation and norm.
+    shared: bool = False
 
     def kernels(self, cfg: RunConfig) -> int:
         """Entries of the per-kernel arrays (grad_norms, weight_norms, ...): one per layer, or the family's count."""

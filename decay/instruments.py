@@ -60,7 +60,7 @@ def _flat(a: jax.Array) -> jax.Array:
     return a.reshape(a.shape[0], -1)
 
 
-def layer_stats(x: jax.Array, h: jax.Array, z: jax.Array, relu_like: bool) -> dict[str, jax.Array]:
+def layer_stats(x: jax.Array, h: jax.Array, z: jax.Array, relu_like: bool | jax.Array) -> dict[str, jax.Array]:
     """q, c, dead fraction of one layer, and the squared norms of its inputs per example ([B])."""
     hf = _flat(h).astype(jnp.float32)
     b = hf.shape[0]
@@ -68,11 +68,13 @@ def layer_stats(x: jax.Array, h: jax.Array, z: jax.Array, relu_like: bool) -> di
     norms = jnp.sqrt(jnp.sum(jnp.square(hf), axis=1, keepdims=True))
     u = hf / jnp.where(norms > 0, norms, 1.0)
     c = (jnp.sum(jnp.square(jnp.sum(u, axis=0))) - jnp.sum(jnp.square(u))) / (b * (b - 1))
-    if relu_like:
+    if relu_like is False:
+        dead = jnp.array(jnp.nan, jnp.float32)
+    else:  # True, or a traced bool (a shared program's activation)
         units = z.reshape(-1, z.shape[-1])  # units = the last axis (features / channels)
         dead = jnp.mean(jnp.all(units <= 0, axis=0).astype(jnp.float32))
-    else:
-        dead = jnp.array(jnp.nan, jnp.float32)
+        if relu_like is not True:
+            dead = jnp.where(relu_like, dead, jnp.nan)
     in_norm2 = jnp.sum(jnp.square(_flat(x)), axis=1)
     return {"q": q, "c": c, "dead_fraction": dead, "in_norm2": in_norm2}
 

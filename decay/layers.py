@@ -76,9 +76,16 @@ def bias_init(bias_var: float | None) -> Initializer:
 class Identity(nnx.Module):
     """The 'none' normalization."""
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        del train
+    def __init__(self, features: int, reduce_axes: tuple[int, ...], momentum: float, *, rngs: nnx.Rngs):
+        del features, reduce_axes, momentum, rngs
+
+    @staticmethod
+    def forward(holder: nnx.Module, x: jax.Array, train: bool) -> jax.Array:
+        del holder, train
         return x
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.forward(self, x, train)
 
 
 class BatchNorm(nnx.Module):
@@ -88,8 +95,12 @@ class BatchNorm(nnx.Module):
         del reduce_axes  # BatchNorm always reduces over every axis but the features.
         self.bn = nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, rngs=rngs)
 
+    @staticmethod
+    def forward(holder: nnx.Module, x: jax.Array, train: bool) -> jax.Array:
+        return holder.bn(x, use_running_average=not train)
+
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.bn(x, use_running_average=not train)
+        return self.forward(self, x, train)
 
 
 class LayerNorm(nnx.Module):
@@ -99,9 +110,13 @@ class LayerNorm(nnx.Module):
         del momentum
         self.ln = nnx.LayerNorm(features, epsilon=1e-5, reduction_axes=reduce_axes, rngs=rngs)
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    @staticmethod
+    def forward(holder: nnx.Module, x: jax.Array, train: bool) -> jax.Array:
         del train
-        return self.ln(x)
+        return holder.ln(x)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.forward(self, x, train)
 
 
 class RMSNorm(nnx.Module):
@@ -111,19 +126,82 @@ class RMSNorm(nnx.Module):
         del momentum
         self.rms = nnx.RMSNorm(features, epsilon=1e-5, reduction_axes=reduce_axes, rngs=rngs)
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    @staticmethod
+    def forward(holder: nnx.Module, x: jax.Array, train: bool) -> jax.Array:
         del train
-        return self.rms(x)
+        return holder.rms(x)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.forward(self, x, train)
 
 
-def _identity(features: int, reduce_axes: tuple[int, ...], momentum: float, *, rngs: nnx.Rngs) -> Identity:
-    del features, reduce_axes, momentum, rngs
-    return Identity()
-
-
-# Each factory: (features, reduce_axes, bn_momentum, *, rngs) -> module called as norm(x, train).
-NORMS: Registry[Callable[..., nnx.Module]] = Registry("norm")
-NORMS.add("none", _identity)
+# Each: a module class built as (features, reduce_axes, bn_momentum, *, rngs) and called as norm(x, train); its
+# static `forward(holder, x, train)` applies it to any module holding the same sub-modules (`AnyNorm`).
+NORMS: Registry[type[nnx.Module]] = Registry("norm")
+NORMS.add("none", Identity)
 NORMS.add("batchnorm", BatchNorm)
 NORMS.add("layernorm", LayerNorm)
 NORMS.add("rmsnorm", RMSNorm)
+
+
+# One compiled program for every activation and norm (`decay.program`, shared programs): a layer then holds the
+# parameters of every norm and applies the one its `Choice` names, by `jax.lax.switch`. A choice is a value in
+# the model's state, not in its code; it travels with the batch statistics (the non-trained variables).
+class Choice(nnx.BatchStat):
+    """Run-time indices of a shared layer's activation (in `ACTIVATIONS`) and norm (in its `AnyNorm`): int32 [2]."""
+
+
+def activation_index(name: str) -> int:
+    """The position of activation `name` among the registered ones: its branch in `switch_activation`."""
+    ACTIVATIONS.get(name)  # ValueError naming the registered ones
+    return ACTIVATIONS.names().index(name)
+
+
+# A switch whose backward reads its branches' intermediates stores the union of every branch's (zeros but for the
+# chosen one's), per layer and step: ~20% of a step at depth 32 with 9 activations. Under `jax.checkpoint` only
+# the inputs are stored and the backward recomputes the chosen branch: as fast as a fixed activation.
+@jax.checkpoint
+def switch_activation(index: jax.Array, x: jax.Array) -> jax.Array:
+    """The registered activation number `index` (a traced int) applied to x."""
+    return jax.lax.switch(index, [ACTIVATIONS.get(n) for n in ACTIVATIONS.names()], x)
+
+
+def relu_like(index: jax.Array) -> jax.Array:
+    """Whether activation number `index` is ReLU-like (`instruments.RELU_LIKE`): a traced bool."""
+    from decay.instruments import RELU_LIKE
+
+    return jnp.asarray([n in RELU_LIKE for n in ACTIVATIONS.names()])[index]
+
+
+class AnyNorm(nnx.Module):
+    """Every norm of `names` in one module, the one applied chosen at run time (`jax.lax.switch` on an index).
+
+    It holds each norm's sub-modules under the attribute names that norm's own module uses
+    (`bn`, `ln`, `rms`), so that its variables are the union of theirs, path for path: a run's
+    variables are the shared layer's restricted to the norm it uses.
+    """
+
+    def __init__(self, names: tuple[str, ...], features: int, reduce_axes: tuple[int, ...], momentum: float, *, rngs):
+        self.names = tuple(names)
+        for name in self.names:
+            part = NORMS.get(name)(features, reduce_axes, momentum, rngs=rngs)
+            for attr, child in vars(part).items():
+                if isinstance(child, nnx.Module):
+                    setattr(self, attr, child)
+
+    def __call__(self, x: jax.Array, train: bool, index: jax.Array) -> jax.Array:
+        graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+
+        def branch(name):
+            def apply(params, rest, x):
+                holder = nnx.merge(graphdef, params, rest, copy=True)
+                y = NORMS.get(name).forward(holder, x, train)
+                return y, nnx.state(holder, nnx.BatchStat)
+
+            return apply
+
+        switch = jax.checkpoint(lambda *args: jax.lax.switch(index, [branch(n) for n in self.names], *args))
+        y, stats = switch(params, rest, x)
+        if train:
+            nnx.update(self, stats)
+        return y

@@ -31,6 +31,7 @@ from decay.program import (
     evaluate_splits,
     init_state,
     program_key,
+    saved_keys,
     split_results,
 )
 from decay.row import RunRecord, stats_to_json
@@ -58,8 +59,10 @@ class _RunHost:
         self.checkpoints = checkpoints
         self.record = RunRecord()
         self.resumed = False
+        # What checkpoints hold: the plain model's variables (a shared program's state holds every norm's).
+        self.saved = saved_keys(cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes) if run_dir else None
         if self.ckpt_dir and checkpoints.steps(self.ckpt_dir):
-            self.state, self.data_key, progress, _ = checkpoints.restore(self.ckpt_dir, self.state)
+            self.state, self.data_key, progress, _ = checkpoints.restore(self.ckpt_dir, self.state, saved=self.saved)
             self.record = RunRecord.from_json(progress)
             self.resumed = True
         elif run_dir:
@@ -86,7 +89,13 @@ class _RunHost:
     def save_checkpoint(self, state) -> None:
         if self.ckpt_dir:
             self.checkpoints.save(
-                self.ckpt_dir, self.record.done, state, self.data_key, self.record.to_json(), self.cfg.keep_checkpoints
+                self.ckpt_dir,
+                self.record.done,
+                state,
+                self.data_key,
+                self.record.to_json(),
+                self.cfg.keep_checkpoints,
+                self.saved,
             )
 
     def record_eval(self, results: dict[str, tuple[float, float]]) -> None:

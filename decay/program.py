@@ -151,10 +151,14 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
     )
 
 
-def program_key(cfg: RunConfig) -> RunConfig:
-    """What a compiled program depends on: the config less its init and learning rate (seed, init,
-    weight_var, bias_var and learning_rate change values only)."""
-    return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0)
+def program_key(cfg: RunConfig, shared: bool = True) -> RunConfig:
+    """What a compiled program depends on: the config less its init and learning rate (seed, init, weight_var,
+    bias_var and learning_rate change values only) and, in a shared program (`Family.shared`, the default), less
+    its activation and norm too, which the shared model chooses at run time (`decay.layers.Choice`)."""
+    key = dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0)
+    if shared and families.of(cfg).shared:
+        key = dataclasses.replace(key, activation="", norm="")
+    return key
 
 
 def same_program(a: RunConfig, b: RunConfig) -> bool:
@@ -165,9 +169,9 @@ def same_program(a: RunConfig, b: RunConfig) -> bool:
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # a small LRU cache: (program key, shapes) -> Program
 
 
-def program(cfg: RunConfig, net: Net) -> Program:
-    """Compiled functions for `cfg`, reused across seeds."""
-    key = (program_key(cfg), net.points, net.point_shape)
+def program(cfg: RunConfig, net: Net, shared: bool = True) -> Program:
+    """Compiled functions for `cfg` (shared: the shared model's, for every activation and norm), reused across seeds."""
+    key = (program_key(cfg, shared), shared, net.points, net.point_shape)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, net)
         while len(_PROGRAMS) > 8:
@@ -177,25 +181,65 @@ def program(cfg: RunConfig, net: Net) -> Program:
 
 
 def init_state(
-    cfg: RunConfig, dataset: Dataset | None = None, input_shape: tuple[int, ...] | None = None, num_classes: int = 0
+    cfg: RunConfig,
+    dataset: Dataset | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int = 0,
+    shared: bool = True,
 ) -> tuple[Program, TrainState]:
     """Builds the model of `cfg` and its compiled program; returns (program, state at step 0).
 
     Shapes come from `dataset`, or from `input_shape` and `num_classes` when there is none.
+    `shared` (what training uses): for a family with `Family.shared`, the shared model whose one
+    program serves every activation and norm; False: the plain model of `cfg` (what `decay.load_run`
+    gives). The two states agree on every variable of the plain one (`saved_keys`).
     """
     if dataset is not None:
         input_shape, num_classes = tuple(dataset.x_train.shape[1:]), dataset.num_classes
     fam = families.of(cfg)
-    model = families.build(cfg, input_shape, num_classes)
+    model = families.build(cfg, input_shape, num_classes, shared=shared)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     shape = tuple(input_shape)
     net = Net(graphdef, fam, fam.points(cfg, shape), fam.point_shape(cfg, shape), data.task_of(cfg.dataset))
-    prog = program(cfg, net)
+    prog = program(cfg, net, shared)
+    return prog, _state(cfg, fam, params, batch_stats)
+
+
+def _state(cfg: RunConfig, fam, params, batch_stats) -> TrainState:
     anchor = ()
     if instruments.tier_at_least(cfg.instruments, "standard"):
         anchor = tuple(jnp.array(k) for k in fam.layer_kernels(nnx.to_pure_dict(params)))
-    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optim.of(cfg).init(params), jnp.zeros((), bool), anchor)
-    return prog, state
+    return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optim.of(cfg).init(params), jnp.zeros((), bool), anchor)
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_template(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainState:
+    def plain():
+        model = families.build(cfg, input_shape, num_classes)
+        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        return _state(cfg, families.of(cfg), params, batch_stats)
+
+    return jax.eval_shape(plain)
+
+
+def saved_keys(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> frozenset[str]:
+    """The flat keys (`decay.checkpoints.keys`) of the plain model's TrainState of `cfg`: what a checkpoint holds.
+
+    A shared state holds more (every norm's variables, the run-time choice); its checkpoints keep only
+    these, so that a checkpoint is the same whichever program trained it.
+    """
+    from decay import checkpoints
+
+    return frozenset(checkpoints.keys(_plain_template(cfg, tuple(input_shape), num_classes)))
+
+
+def to_plain(state: TrainState, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainState:
+    """A shared program's state as the plain model's (`init_state(..., shared=False)`): its variables, value for value."""
+    from decay import checkpoints
+
+    template = _plain_template(cfg, tuple(input_shape), num_classes)
+    leaves = dict(zip(checkpoints.keys(state), jax.tree.leaves(state), strict=True))
+    return jax.tree.unflatten(jax.tree.structure(template), [leaves[k] for k in checkpoints.keys(template)])
 
 
 def chunk_end(done: int, cfg: RunConfig) -> int:

@@ -25,6 +25,14 @@ def of(cfg: RunConfig) -> Family:
     return FAMILIES.get(cfg.model)
 
 
-def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nnx.Module:
-    """Builds the model of `cfg`, parameters drawn from `cfg.seed`."""
-    return of(cfg).build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed))
+def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, shared: bool = False) -> nnx.Module:
+    """Builds the model of `cfg`, parameters drawn from `cfg.seed`.
+
+    `shared` (families with `Family.shared`): the shared model of the compiled programs, which holds every
+    norm's variables and applies the activation and norm of `cfg` by a run-time choice; its variables
+    restricted to `cfg`'s norm are the plain model's, value for value.
+    """
+    fam = of(cfg)
+    if shared and fam.shared:
+        return fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed), shared=True)
+    return fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed))

@@ -18,10 +18,10 @@ from decay.family import Family, register
 class CNN(nnx.Module):
     """Stem 3x3 conv, depth-1 identical 3x3 conv layers (SAME padding), global average pool, head."""
 
-    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array):
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array, shared: bool = False):
         k_stem, k_blocks, k_head = jax.random.split(key, 3)
-        self.stem = blocks.Layer(input_shape[-1], cfg, conv=True, padding="SAME", rngs=nnx.Rngs(params=k_stem))
-        make = lambda rngs: blocks.Layer(cfg.width, cfg, conv=True, padding="SAME", rngs=rngs)  # noqa: E731
+        self.stem = blocks.Layer(input_shape[-1], cfg, conv=True, padding="SAME", rngs=nnx.Rngs(params=k_stem), shared=shared)
+        make = lambda rngs: blocks.Layer(cfg.width, cfg, conv=True, padding="SAME", rngs=rngs, shared=shared)  # noqa: E731
         alpha = cfg.residual_scale if cfg.residual else None
         self.blocks = blocks.Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
         self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
@@ -42,5 +42,6 @@ FAMILY = register(
         is_layer_kernel=blocks.is_stem_or_stack_kernel,
         representation=lambda model, x: blocks.hidden(model.stem, model.blocks, x, None, False)[0],
         no_theory="no theory: mean-field predictions here cover the mlp only",
+        shared=True,
     )
 )
