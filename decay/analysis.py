@@ -52,7 +52,7 @@ def load_run(run_dir: str, step: int | None = None, model: nnx.Module | None = N
     if watchlog.is_watched(run_dir):
         return watchlog.load(run_dir, model, step)
     cfg, input_shape, num_classes = checkpoints.read_config(run_dir)
-    prog, template = program.init_state(cfg, input_shape=input_shape, num_classes=num_classes, shared=False)
+    prog, template = program.init_state(cfg, input_shape=input_shape, num_classes=num_classes)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     state, _, _, step = checkpoints.restore(ckpt_dir, template, step)
     state = jax.tree.map(jnp.asarray, state)

@@ -8,6 +8,7 @@ so the traced program, and compile time, do not grow with depth.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,17 +20,31 @@ from decay import instruments, layers
 from decay.config import RunConfig
 from decay.layers import ACTIVATIONS, NORMS, bias_init, kernel_init, resolve_init
 
+_STACKED: dict = {}  # cache key -> the compiled initializer of a stack
 
-def stacked(make: Callable[[jax.Array], Any], keys: jax.Array) -> Any:
+
+def stacked(make: Callable[[jax.Array], Any], keys: jax.Array, cache: Any = None) -> Any:
     """One module of `make(key)`'s structure whose variables hold the modules of every key on a leading axis.
 
     The values are drawn in one compiled program, the values of `make(key)` for each key (bitwise, except
     that a scale folded into an initializer, DeepNorm's beta, may round 1 ulp differently than op by op);
     built op by op, every new depth or width would compile each initializer's operations anew.
+    `cache`, a hashable that determines `make` but for its key (`init_cache`), reuses that program
+    across calls (seeds, learning rates): without it every call compiles anew.
     """
     template = nnx.eval_shape(lambda: make(keys[0]))
-    nnx.update(template, jax.jit(jax.vmap(lambda k: nnx.state(make(k))))(keys))
+    draw = _STACKED.get(cache) if cache is not None else None
+    if draw is None:
+        draw = jax.jit(jax.vmap(lambda k: nnx.state(make(k))))
+        if cache is not None:
+            _STACKED[cache] = draw
+    nnx.update(template, draw(keys))
     return template
+
+
+def init_cache(cfg: RunConfig, *extra: Any) -> tuple:
+    """A `stacked` cache key: what of `cfg` draws the initial values (not its seed, learning rate, budget), and `extra`."""
+    return (dataclasses.replace(cfg, seed=0, learning_rate=1.0, steps=0, eval_every=1, checkpoint_every=0), *extra)
 
 
 def rms(y: jax.Array) -> jax.Array:
@@ -40,11 +55,21 @@ def rms(y: jax.Array) -> jax.Array:
 class Layer(nnx.Module):
     """One hidden layer: dense or 3x3 conv -> norm -> activation, with an optional probe on h.
 
-    `shared`: the layer holds every registered norm (`layers.AnyNorm`) and applies the norm and the
-    activation its `layers.Choice` names, so one compiled program serves every activation and norm.
+    `choices` (a shared program's, `layers.Choices`): the layer holds each of those norms
+    (`layers.AnyNorm`) and applies the norm and activation its `layers.Choice` names, so that
+    one compiled program serves every activation and norm of a study.
     """
 
-    def __init__(self, in_features: int, cfg: RunConfig, conv: bool, padding: str, *, rngs: nnx.Rngs, shared: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        cfg: RunConfig,
+        conv: bool,
+        padding: str,
+        *,
+        rngs: nnx.Rngs,
+        choices: layers.Choices | None = None,
+    ):
         init = resolve_init(cfg.init, cfg.activation)
         inits = dict(kernel_init=kernel_init(init, cfg.weight_var), bias_init=bias_init(cfg.bias_var))
         if conv:
@@ -53,10 +78,11 @@ class Layer(nnx.Module):
         else:
             self.linear = nnx.Linear(in_features, cfg.width, rngs=rngs, **inits)
             reduce_axes = (-1,)
-        if shared:
-            names = tuple(NORMS.names())
-            self.norm = layers.AnyNorm(names, cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
-            self.choice = layers.Choice(jnp.array([layers.activation_index(cfg.activation), names.index(cfg.norm)], jnp.int32))
+        self.choices = choices
+        if choices is not None:
+            self.norm = layers.AnyNorm(choices.norms, cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
+            picked = [choices.activations.index(cfg.activation), choices.norms.index(cfg.norm)]
+            self.choice = layers.Choice(jnp.array(picked, jnp.int32))
             self.act, self.relu_like = None, None
         else:
             self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
@@ -73,9 +99,9 @@ class Layer(nnx.Module):
             z = self.norm(h, train)
             y, relu_like = self.act(z), self.relu_like
         else:
-            choice = self.choice[...]
+            choice, names = self.choice[...], self.choices.activations
             z = self.norm(h, train, choice[1])
-            y, relu_like = layers.switch_activation(choice[0], z), layers.relu_like(choice[0])
+            y, relu_like = layers.switch_activation(names, choice[0], z), layers.relu_like(names, choice[0])
         if not stats:
             return y
         return y, {"act_rms": rms(y), **instruments.layer_stats(x, h, z, relu_like)}
@@ -84,8 +110,10 @@ class Layer(nnx.Module):
 class Stack(nnx.Module):
     """`n` identical layers with stacked parameters, applied in sequence by `jax.lax.scan`."""
 
-    def __init__(self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None):
-        self.layer = stacked(lambda k: make_layer(nnx.Rngs(params=k)), jax.random.split(key, n))
+    def __init__(
+        self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None, cache: Any = None
+    ):
+        self.layer = stacked(lambda k: make_layer(nnx.Rngs(params=k)), jax.random.split(key, n), cache)
         self.residual_scale = residual_scale  # None: plain net
 
     def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:

@@ -54,6 +54,53 @@ def shard_runs(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(RUN_AXIS)))
 
 
+PER_DEVICE = 8  # most run slots a device holds in one batch (memory: the slots' states live on the device)
+
+
+def slots_per_device(runs: int, n_devices: int, per_device: int = PER_DEVICE) -> int:
+    """Run slots per device for a program's `runs`: as few batches as `per_device` allows, their runs spread evenly.
+
+    Every batch of the program has these slots (one compiled executable); a batch with fewer runs leaves
+    slots empty, which costs memory but no compute (`decay.program.Program.group_chunk`).
+    """
+    batches = -(-runs // (per_device * n_devices))
+    return max(1, -(-runs // (batches * n_devices)))
+
+
+def plan(runs: int, n_devices: int, per_device: int = PER_DEVICE) -> tuple[int, list[int]]:
+    """(slots per device, runs of each batch) for a program's `runs` on `n_devices`: full batches, then the rest."""
+    slots = slots_per_device(runs, n_devices, per_device)
+    size = slots * n_devices
+    return slots, [min(size, runs - start) for start in range(0, runs, size)]
+
+
+def positions(runs: int, n_devices: int, slots: int) -> list[int]:
+    """The slot of each of a batch's `runs` on the leading axis (device d holds slots d*slots .. d*slots+slots-1):
+    run i on device i % n_devices, so that the devices share the runs evenly."""
+    if runs > n_devices * slots:
+        raise ValueError(f"{runs} runs do not fit {n_devices} devices x {slots} slots")
+    return [(i % n_devices) * slots + i // n_devices for i in range(runs)]
+
+
+def counts(runs: int, n_devices: int) -> np.ndarray:
+    """Runs each device steps in a batch of `runs` placed by `positions`: [n_devices] int32."""
+    return np.array([len(range(d, runs, n_devices)) for d in range(n_devices)], np.int32)
+
+
+def fill(items: list, n_devices: int, slots: int) -> list:
+    """A batch's items at their `positions` in `n_devices * slots` slots; empty slots hold the first item (never stepped)."""
+    filled = [items[0]] * (n_devices * slots)
+    for item, p in zip(items, positions(len(items), n_devices, slots), strict=True):
+        filled[p] = item
+    return filled
+
+
+def place(trees: list, mesh: Mesh, slots: int):
+    """Stacks a batch's pytrees into `slots` per device (`fill`), on the host, sharded over the mesh; returns
+    (stacked, runs per device as a sharded array)."""
+    return stack_runs(fill(trees, mesh.size, slots), mesh), shard_runs(counts(len(trees), mesh.size), mesh)
+
+
 def stack_runs(trees: list, mesh: Mesh):
     """Stacks runs' pytrees on a new leading run axis, on the host (no per-shape device programs), sharded over the mesh."""
     return shard_runs(jax.tree.map(lambda *a: np.stack(a), *trees), mesh)

@@ -62,8 +62,9 @@ class Family:
     check_config: Callable[[RunConfig], None] | None = None  # the family's own one-line ConfigErrors (its flags)
     point_names: Callable[[RunConfig, tuple[int, ...]], list[str]] | None = None
     kernel_names: Callable[[RunConfig], list[str]] | None = None
-    # Whether `build(..., shared=True)` gives the shared model: every norm's variables, the activation and norm
-    # chosen at run time (`decay.layers.Choice`), so that one compiled program serves every activation and norm.
+    # Whether `build(..., choices=layers.Choices(...))` gives the shared model: the variables of each norm of the
+    # choices, the activation and norm chosen at run time (`decay.layers.Choice`), so that one compiled program
+    # serves a study's activations and norms.
     shared: bool = False
 
     def kernels(self, cfg: RunConfig) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,33 +145,43 @@ NORMS.add("layernorm", LayerNorm)
 NORMS.add("rmsnorm", RMSNorm)
 
 
-# One compiled program for every activation and norm (`decay.program`, shared programs): a layer then holds the
-# parameters of every norm and applies the one its `Choice` names, by `jax.lax.switch`. A choice is a value in
-# the model's state, not in its code; it travels with the batch statistics (the non-trained variables).
+# One compiled program for a study's activations and norms (`decay.program`, shared programs): a layer then holds
+# the variables of each of its norms and applies the norm and the activation its `Choice` names, by
+# `jax.lax.switch`. A choice is a value in the model's state, not in its code; it travels with the batch
+# statistics (the variables that are not trained).
+class Choices(NamedTuple):
+    """The activations and norms one shared program serves, each in registry order."""
+
+    activations: tuple[str, ...]
+    norms: tuple[str, ...]
+
+
+def choices_of(activations: Iterable[str], norms: Iterable[str]) -> Choices | None:
+    """The `Choices` of these activations and norms, or None when there is one of each (a plain program serves it)."""
+    acts, ns = set(activations), set(norms)
+    if len(acts) <= 1 and len(ns) <= 1:
+        return None
+    return Choices(tuple(n for n in ACTIVATIONS.names() if n in acts), tuple(n for n in NORMS.names() if n in ns))
+
+
 class Choice(nnx.BatchStat):
-    """Run-time indices of a shared layer's activation (in `ACTIVATIONS`) and norm (in its `AnyNorm`): int32 [2]."""
-
-
-def activation_index(name: str) -> int:
-    """The position of activation `name` among the registered ones: its branch in `switch_activation`."""
-    ACTIVATIONS.get(name)  # ValueError naming the registered ones
-    return ACTIVATIONS.names().index(name)
+    """Run-time indices of a shared layer's activation and norm among its `Choices`: int32 [2]."""
 
 
 # A switch whose backward reads its branches' intermediates stores the union of every branch's (zeros but for the
 # chosen one's), per layer and step: ~20% of a step at depth 32 with 9 activations. Under `jax.checkpoint` only
 # the inputs are stored and the backward recomputes the chosen branch: as fast as a fixed activation.
-@jax.checkpoint
-def switch_activation(index: jax.Array, x: jax.Array) -> jax.Array:
-    """The registered activation number `index` (a traced int) applied to x."""
-    return jax.lax.switch(index, [ACTIVATIONS.get(n) for n in ACTIVATIONS.names()], x)
+def switch_activation(names: tuple[str, ...], index: jax.Array, x: jax.Array) -> jax.Array:
+    """Activation `names[index]` (a traced int) applied to x."""
+    branches = [ACTIVATIONS.get(n) for n in names]
+    return jax.checkpoint(lambda i, x: jax.lax.switch(i, branches, x))(index, x)
 
 
-def relu_like(index: jax.Array) -> jax.Array:
-    """Whether activation number `index` is ReLU-like (`instruments.RELU_LIKE`): a traced bool."""
+def relu_like(names: tuple[str, ...], index: jax.Array) -> jax.Array:
+    """Whether activation `names[index]` is ReLU-like (`instruments.RELU_LIKE`): a traced bool."""
     from decay.instruments import RELU_LIKE
 
-    return jnp.asarray([n in RELU_LIKE for n in ACTIVATIONS.names()])[index]
+    return jnp.asarray([n in RELU_LIKE for n in names])[index]
 
 
 class AnyNorm(nnx.Module):

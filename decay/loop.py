@@ -23,6 +23,7 @@ import numpy as np
 from decay import devices, instruments, metrics, row
 from decay.config import RunConfig
 from decay.data import Dataset
+from decay.layers import Choices
 from decay.program import (
     Program,
     chunk_end,
@@ -33,6 +34,7 @@ from decay.program import (
     program_key,
     saved_keys,
     split_results,
+    study_choices,
 )
 from decay.row import RunRecord, stats_to_json
 from decay.tensorboard_writer import PER_LAYER, PER_POINT, RunWriter
@@ -229,26 +231,36 @@ def train_runs(
     on_progress: Callable[[RunProgress], None] | None = None,
     log_dirs: list[str | None] | None = None,
     run_dirs: list[str | None] | None = None,
+    slots: int | None = None,
+    choices: Choices | None = None,
 ) -> list[row.Row]:
-    """Trains runs that share one compiled program (they differ only in seed or init) side by side.
+    """Trains runs that share one compiled program (`program.same_program`) side by side.
 
     The runs' states are stacked on a leading run axis that is sharded over every device
-    (`devices.run_mesh`); each device steps its share of the runs one after another with the
-    same single-run program, so every run's numbers are bitwise those of `train_run` alone,
-    on one device or many. Runs resumed from checkpoints at different steps are trained in
-    separate groups. Returns one `results.jsonl` row per config, in order.
+    (`devices.run_mesh`), `slots` per device (default: `devices.slots_per_device`; more runs
+    train in batches); each device steps its runs one after another with the same single-run
+    program, so every run's numbers are bitwise those of `train_run` alone, on one device or
+    many. Runs resumed from checkpoints at different steps are trained in separate batches.
+    `choices`: the activations and norms of the shared program (`program.study_choices` of the
+    study the runs belong to; default: those of `cfgs`). Returns one `results.jsonl` row per config, in order.
     """
     if not cfgs:
         return []
-    if len({program_key(c) for c in cfgs}) > 1:
-        raise ValueError("train_runs needs configs that differ only in seed, init, weight_var or bias_var")
+    if choices is None:
+        found = study_choices(cfgs)
+        choices = next(iter(found.values())) if len(found) == 1 else None
+    if len({program_key(c, choices) for c in cfgs}) > 1:
+        raise ValueError(
+            "train_runs needs configs of one program: they may differ only in seed, init, learning rate and,"
+            " for a family with a shared program, activation and norm"
+        )
     if device_data is None:
         device_data = upload(dataset)
     log_dirs = log_dirs or [None] * len(cfgs)
     run_dirs = run_dirs or [None] * len(cfgs)
     runs = []
     for cfg, log_dir, run_dir in zip(cfgs, log_dirs, run_dirs, strict=True):
-        prog, state = init_state(cfg, dataset)
+        prog, state = init_state(cfg, dataset, choices=choices)
         runs.append(_RunHost(cfg, dataset, prog, jax.device_get(state), log_dir, run_dir))
         if cfg.steps == 0 and not runs[-1].resumed:
             runs[-1].measure_only(device_data)
@@ -261,26 +273,34 @@ def train_runs(
         group = [r for r in runs if r.record.done == done and r.active]
         if not group:
             continue
-        # Pad the run axis to a multiple of the device count with copies of the first run (discarded).
-        padded = group + [group[0]] * (-len(group) % mesh.size)
-        states = devices.stack_runs([r.state for r in padded], mesh)
-        data_keys = devices.shard_runs(jnp.stack([r.data_key for r in padded]), mesh)
-        while any(r.active for r in group):
-            cfg = group[0].cfg
-            now = next(r for r in group if r.active).record.done  # a diverged run's step no longer moves
-            n = chunk_end(now, cfg) - now
-            states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, x_train, y_train, data_keys, sets)
-            # One transfer for every per-layer value and evaluation of every run of the chunk.
-            chunk, first, last_ = jax.device_get((chunk, first, last_))
-            host = _HostStates(states)
-            last = math.nan
-            for i, run in enumerate(group):
-                if run.active:
-                    pick = functools.partial(_index, i=i)
-                    last = run.absorb(pick(chunk), n, pick(first), pick(last_), sizes, functools.partial(host.run, i))
-            if on_progress is not None:
-                on_progress(RunProgress(now + n, cfg.steps, last))
+        slots = slots or devices.slots_per_device(len(group), mesh.size)
+        for start in range(0, len(group), slots * mesh.size):
+            _train_batch(
+                group[start : start + slots * mesh.size], prog, mesh, slots, (x_train, y_train), sets, sizes, on_progress
+            )
     return [r.finish() for r in runs]
+
+
+def _train_batch(batch: list[_RunHost], prog: Program, mesh, slots: int, train_data, sets, sizes, on_progress) -> None:
+    """Trains a batch of runs at the same step to their end: `slots` run slots per device (`devices.place`)."""
+    states, count = devices.place([r.state for r in batch], mesh, slots)
+    data_keys = devices.shard_runs(jnp.stack(devices.fill([r.data_key for r in batch], mesh.size, slots)), mesh)
+    at = devices.positions(len(batch), mesh.size, slots)
+    cfg = batch[0].cfg
+    while any(r.active for r in batch):
+        now = next(r for r in batch if r.active).record.done  # a diverged run's step no longer moves
+        n = chunk_end(now, cfg) - now
+        states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, *train_data, data_keys, sets, count)
+        # One transfer for every per-layer value and evaluation of every run of the chunk.
+        chunk, first, last_ = jax.device_get((chunk, first, last_))
+        host = _HostStates(states)
+        last = math.nan
+        for i, run in zip(at, batch, strict=True):
+            if run.active:
+                pick = functools.partial(_index, i=i)
+                last = run.absorb(pick(chunk), n, pick(first), pick(last_), sizes, functools.partial(host.run, i))
+        if on_progress is not None:
+            on_progress(RunProgress(now + n, cfg.steps, last))
 
 
 def train_run(

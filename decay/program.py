@@ -1,7 +1,8 @@
 """The compiled programs of a configuration: chunks of train steps with their evaluations, the measure, the init.
 
-One `Program` per configuration, shared by every run that differs only in seed or init
-(`same_program`): the init changes parameter values, never the compiled code. A chunk of
+One `Program` per configuration, shared by every run that differs only in seed, init or learning
+rate: those change values, never the compiled code. For the mlp and cnn a study's activations and
+norms are values too (`study_choices`): one shared program per depth serves all of them. A chunk of
 steps runs under `jax.lax.scan`, so it is one device call whose per-layer arrays reach the
 host in one transfer; `group_chunk` maps that single-run chunk over runs stacked on a leading
 axis sharded over the devices, so every run's numbers are those of the run alone.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,9 +26,51 @@ from jax.sharding import PartitionSpec as P
 from decay import data, devices, families, instruments, optim, tasks
 from decay.config import RunConfig
 from decay.data import Dataset
+from decay.layers import Choices, choices_of
 from decay.step import Net, TrainState, apply, bare_step, batch_indices, curvature, grads_and_stats, train_step
 
 EVAL_BATCH = 1000  # test examples per evaluation call
+
+
+class CompileLog:
+    """What JAX traced, lowered and compiled while it is open (a context manager), from `jax.monitoring` events:
+    `events` lists (phase, function name, seconds), phase one of "trace", "lower", "compile"."""
+
+    _open: list[CompileLog] = []
+    _PHASES = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "compile",
+    }
+    _listening = False
+
+    def __init__(self):
+        self.events: list[tuple[str, str, float]] = []
+
+    @classmethod
+    def _listen(cls, event: str, seconds: float, **kwargs) -> None:
+        phase = cls._PHASES.get(event)
+        if phase:
+            for log in cls._open:
+                log.events.append((phase, str(kwargs.get("fun_name", "?")), seconds))
+
+    def __enter__(self) -> CompileLog:
+        if not CompileLog._listening:
+            jax.monitoring.register_event_duration_secs_listener(CompileLog._listen)
+            CompileLog._listening = True
+        CompileLog._open.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        CompileLog._open.remove(self)
+
+    def count(self, phase: str, name: str | None = None) -> int:
+        """Events of `phase` (of functions called `name`, when given)."""
+        return sum(1 for p, n, _ in self.events if p == phase and (name is None or n == name))
+
+    def seconds(self, phase: str) -> float:
+        """Total seconds spent in `phase`."""
+        return sum(t for p, _, t in self.events if p == phase)
 
 
 class Program(NamedTuple):
@@ -39,7 +82,9 @@ class Program(NamedTuple):
     bare_chunk: Callable[..., tuple[TrainState, jax.Array]]  # no per-layer statistics: the benchmark baseline
     measure: Callable[..., dict[str, jax.Array]]
     eval_batch: Callable[..., tuple[jax.Array, jax.Array]]
-    group_chunk: Callable[..., Callable[..., tuple[TrainState, dict[str, jax.Array]]]]  # (n_steps, mesh) -> run-sharded chunk
+    # (n_steps, mesh) -> the chunk of a batch of runs: (states, x, y, data keys, eval sets, runs per device), the
+    # states and keys in slots on a leading axis sharded over the mesh (`decay.devices.place`)
+    group_chunk: Callable[..., Callable[..., tuple[TrainState, dict[str, jax.Array]]]]
 
     @property
     def graphdef(self) -> Any:
@@ -129,15 +174,29 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
 
     @functools.lru_cache(maxsize=16)
     def group_chunk(n_steps: int, mesh):
-        # Each device maps the single-run chunk over its share of the stacked runs, one run after
-        # another: the same computation as one run alone, so the numbers do not depend on the grouping.
-        def local(states, x_train, y_train, data_keys, test):
-            return jax.lax.map(lambda sk: run_chunk(sk[0], x_train, y_train, sk[1], test, n_steps), (states, data_keys))
+        # Each device holds a fixed number of run slots and steps the first `count` of them, one run after another,
+        # with the single-run chunk: the same computation as one run alone, so the numbers do not depend on the
+        # grouping; empty slots cost memory, not compute, and one executable serves every batch of a program.
+        def local(states, x_train, y_train, data_keys, test, count):
+            one = lambda s, k: run_chunk(s, x_train, y_train, k, test, n_steps)  # noqa: E731
+            at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+            shapes = jax.eval_shape(one, at(states, 0), data_keys[0])[1:]
+            slots = data_keys.shape[0]
+            outs = jax.tree.map(lambda a: jnp.zeros((slots, *a.shape), a.dtype), shapes)
+
+            def body(i, carry):
+                states, outs = carry
+                state, *out = one(at(states, i), data_keys[i])
+                put = lambda tree, new: jax.tree.map(lambda a, v: a.at[i].set(v), tree, new)  # noqa: E731
+                return put(states, state), put(outs, tuple(out))
+
+            states, outs = jax.lax.fori_loop(0, count[0], body, (states, outs))
+            return (states, *outs)
 
         runs, rep = P(devices.RUN_AXIS), P()
         # check_vma=False: with it, gradients with respect to values created inside (the zero
         # probes) are summed over the devices, mixing the runs' signal norms.
-        sharded = jax.shard_map(local, mesh=mesh, in_specs=(runs, rep, rep, runs, rep), out_specs=runs, check_vma=False)
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(runs, rep, rep, runs, rep, runs), out_specs=runs, check_vma=False)
         return jax.jit(sharded, donate_argnums=0)
 
     return Program(
@@ -151,27 +210,49 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
     )
 
 
-def program_key(cfg: RunConfig, shared: bool = True) -> RunConfig:
-    """What a compiled program depends on: the config less its init and learning rate (seed, init, weight_var,
-    bias_var and learning_rate change values only) and, in a shared program (`Family.shared`, the default), less
-    its activation and norm too, which the shared model chooses at run time (`decay.layers.Choice`)."""
+def base_key(cfg: RunConfig) -> RunConfig:
+    """What no run-time value can change: the config less its init and learning rate (seed, init, weight_var,
+    bias_var and learning_rate change values only) and, for a family with a shared program (`Family.shared`),
+    less its activation and norm. Runs of one base key form one program in a study (`study_choices`)."""
     key = dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0)
-    if shared and families.of(cfg).shared:
+    if families.of(cfg).shared:
         key = dataclasses.replace(key, activation="", norm="")
     return key
 
 
+def study_choices(cfgs: Iterable[RunConfig]) -> dict[RunConfig, Choices | None]:
+    """For each base key of a study's runs, the activations and norms its one program serves (None: one of
+    each, a plain program). Given every run of the study, done or not, so that a resumed study, its runs
+    grouped and spread over any number of devices, trains each run with the same program."""
+    acts: dict[RunConfig, set[str]] = collections.defaultdict(set)
+    norms: dict[RunConfig, set[str]] = collections.defaultdict(set)
+    for c in cfgs:
+        acts[base_key(c)].add(c.activation)
+        norms[base_key(c)].add(c.norm)
+    return {k: (choices_of(acts[k], norms[k]) if families.of(k).shared else None) for k in acts}
+
+
+def program_key(cfg: RunConfig, choices: Choices | None = None) -> tuple[RunConfig, Choices | None]:
+    """What a compiled program depends on: the config less its values (seed, init, learning rate) and, in a
+    shared program (`choices`), its base key and the activations and norms it serves."""
+    if choices is None or not families.of(cfg).shared:
+        return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0), None
+    if cfg.activation not in choices.activations or cfg.norm not in choices.norms:
+        raise ValueError(f"{cfg.name}: its activation and norm are not among the program's {choices}")
+    return base_key(cfg), choices
+
+
 def same_program(a: RunConfig, b: RunConfig) -> bool:
-    """Whether two runs share one compiled program, and so can train side by side in `decay.loop.train_runs`."""
-    return program_key(a) == program_key(b)
+    """Whether two runs can share one compiled program (in a study that has both), and so train side by side."""
+    return base_key(a) == base_key(b)
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # a small LRU cache: (program key, shapes) -> Program
 
 
-def program(cfg: RunConfig, net: Net, shared: bool = True) -> Program:
-    """Compiled functions for `cfg` (shared: the shared model's, for every activation and norm), reused across seeds."""
-    key = (program_key(cfg, shared), shared, net.points, net.point_shape)
+def program(cfg: RunConfig, net: Net, choices: Choices | None = None) -> Program:
+    """Compiled functions for `cfg` (with `choices`: the shared model's, for those activations and norms), reused across seeds."""
+    key = (program_key(cfg, choices), net.points, net.point_shape)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, net)
         while len(_PROGRAMS) > 8:
@@ -185,23 +266,23 @@ def init_state(
     dataset: Dataset | None = None,
     input_shape: tuple[int, ...] | None = None,
     num_classes: int = 0,
-    shared: bool = True,
+    choices: Choices | None = None,
 ) -> tuple[Program, TrainState]:
     """Builds the model of `cfg` and its compiled program; returns (program, state at step 0).
 
     Shapes come from `dataset`, or from `input_shape` and `num_classes` when there is none.
-    `shared` (what training uses): for a family with `Family.shared`, the shared model whose one
-    program serves every activation and norm; False: the plain model of `cfg` (what `decay.load_run`
-    gives). The two states agree on every variable of the plain one (`saved_keys`).
+    `choices` (a study's, `study_choices`): for a family with `Family.shared`, the shared model whose one
+    program serves those activations and norms; None: the plain model of `cfg` (what `decay.load_run`
+    gives). The two states agree on every variable of the plain one (`saved_keys`, `to_plain`).
     """
     if dataset is not None:
         input_shape, num_classes = tuple(dataset.x_train.shape[1:]), dataset.num_classes
     fam = families.of(cfg)
-    model = families.build(cfg, input_shape, num_classes, shared=shared)
+    model = families.build(cfg, input_shape, num_classes, choices)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     shape = tuple(input_shape)
     net = Net(graphdef, fam, fam.points(cfg, shape), fam.point_shape(cfg, shape), data.task_of(cfg.dataset))
-    prog = program(cfg, net, shared)
+    prog = program(cfg, net, choices if fam.shared else None)
     return prog, _state(cfg, fam, params, batch_stats)
 
 
@@ -234,7 +315,7 @@ def saved_keys(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -
 
 
 def to_plain(state: TrainState, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainState:
-    """A shared program's state as the plain model's (`init_state(..., shared=False)`): its variables, value for value."""
+    """A shared program's state as the plain model's (`init_state` without choices): its variables, value for value."""
     from decay import checkpoints
 
     template = _plain_template(cfg, tuple(input_shape), num_classes)

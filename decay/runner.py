@@ -6,7 +6,8 @@ A study (the depth sweep, the phase diagram, the seed's claims, ...) describes i
     refuses other settings with one line naming the flags that differ;
   - loads the dataset once and uploads it to the devices once;
   - skips runs whose rows are already in the rows file, and trains the others in groups that
-    share one compiled program (seeds, inits), side by side over the devices
+    share one compiled program (seeds, inits, learning rates and, for the mlp and cnn, activations
+    and norms), in batches that fill every device (`decay.devices.plan`), side by side
     (`decay.loop.train_runs`), each run's numbers the same as alone;
   - appends each row as its group finishes (the file is replaced atomically), so an
     interrupted study resumes where it stopped; with `run_folders`, runs also keep TensorBoard
@@ -21,8 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from decay import data as data_lib
-from decay import loop, program, results
+from decay import devices, loop, program, results
 from decay.config import RunConfig, dumps
 from decay.errors import ConfigError
 from decay.row import Row
@@ -61,10 +64,10 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any], ignore: Sequence[str
     return diffs
 
 
-def _cost(cfg: RunConfig) -> float:
+def _cost(cfg: RunConfig, compiles: bool) -> float:
     # Relative cost of a run for the ETA, in units of one layer x 300 steps (~0.07 s on a
-    # 2-core CPU at width 128): the first seed of a config also pays for compilation (~25 units).
-    return (25.0 if cfg.seed == 0 else 1.0) + cfg.depth * max(cfg.steps, 1) / 300.0
+    # 2-core CPU at width 128): the first run of a program also pays for compilation (~25 units).
+    return (25.0 if compiles else 1.0) + cfg.depth * max(cfg.steps, 1) / 300.0
 
 
 class Runner:
@@ -147,8 +150,14 @@ class Runner:
         total = len(cfgs)
         index = {self.key(c): i for i, c in enumerate(cfgs, 1)}
         todo = list({self.key(c): c for c in cfgs if self.key(c) not in self.rows}.values())
-        total_cost = sum(_cost(c) for c in todo)
-        done_cost = 0.0
+        # Runs that share a compiled program train together, groups in the order of their first run. The
+        # activations and norms a shared program serves are the study's (every run given, done or not).
+        choices = program.study_choices(cfgs)
+        groups: dict[Any, list[RunConfig]] = {}
+        for c in todo:
+            groups.setdefault(program.program_key(c, choices[program.base_key(c)]), []).append(c)
+        cost = {self.key(c): _cost(c, i == 0) for group in groups.values() for i, c in enumerate(group)}
+        total_cost, done_cost = sum(cost.values()), 0.0
 
         def eta() -> tuple[float, float | None]:
             elapsed = time.perf_counter() - self.t0
@@ -157,23 +166,33 @@ class Runner:
         for c in cfgs:
             if self.key(c) in self.rows:
                 emit(Event("skip", index[self.key(c)], total, self.key(c), *eta(), None, c))
-        # Runs that share a compiled program train together, groups in the order of their first run.
-        groups: dict[RunConfig, list[RunConfig]] = {}
-        for c in todo:
-            groups.setdefault(program.program_key(c), []).append(c)
+        n_devices = devices.run_mesh().size
         for group in groups.values():
-            for c in group:
-                emit(Event("start", index[self.key(c)], total, self.key(c), *eta(), None, c))
-            folders = [os.path.join(self.workdir, d) for d in ("tb", "runs")] if self.run_folders else None
-            log_dirs = [os.path.join(folders[0], c.name) for c in group] if folders else None
-            run_dirs = [os.path.join(folders[1], c.name) for c in group] if folders else None
-            dataset, device_data = self.data_for(group[0])
-            rows = loop.train_runs(group, dataset, device_data, on_progress, log_dirs=log_dirs, run_dirs=run_dirs)
-            for c, r in zip(group, rows, strict=True):
-                if transform is not None:
-                    r = transform(c, r)
-                results.append_jsonl(self.path, r)
-                self.rows[self.key(c)] = r
-                done_cost += _cost(c)
-                emit(Event("done", index[self.key(c)], total, self.key(c), *eta(), r, c))
+            # A program's runs in batches that fill every device (`devices.plan`), one executable for all of them.
+            slots, sizes = devices.plan(len(group), n_devices)
+            for start in np.cumsum([0, *sizes[:-1]]):
+                batch = group[start : start + slots * n_devices]
+                for c in batch:
+                    emit(Event("start", index[self.key(c)], total, self.key(c), *eta(), None, c))
+                folders = [os.path.join(self.workdir, d) for d in ("tb", "runs")] if self.run_folders else None
+                log_dirs = [os.path.join(folders[0], c.name) for c in batch] if folders else None
+                run_dirs = [os.path.join(folders[1], c.name) for c in batch] if folders else None
+                dataset, device_data = self.data_for(batch[0])
+                rows = loop.train_runs(
+                    batch,
+                    dataset,
+                    device_data,
+                    on_progress,
+                    log_dirs=log_dirs,
+                    run_dirs=run_dirs,
+                    slots=slots,
+                    choices=choices[program.base_key(batch[0])],
+                )
+                for c, r in zip(batch, rows, strict=True):
+                    if transform is not None:
+                        r = transform(c, r)
+                    results.append_jsonl(self.path, r)
+                    self.rows[self.key(c)] = r
+                    done_cost += cost[self.key(c)]
+                    emit(Event("done", index[self.key(c)], total, self.key(c), *eta(), r, c))
         return [self.rows[self.key(c)] for c in cfgs]

@@ -10,6 +10,7 @@ import jax
 from flax import nnx
 
 from decay.config import RunConfig
+from decay.layers import Choices
 
 # isort: off
 from decay.families import mlp, cnn, seed_cnn, rnn, transformer  # noqa: F401
@@ -25,14 +26,14 @@ def of(cfg: RunConfig) -> Family:
     return FAMILIES.get(cfg.model)
 
 
-def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, shared: bool = False) -> nnx.Module:
+def build(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, choices: Choices | None = None) -> nnx.Module:
     """Builds the model of `cfg`, parameters drawn from `cfg.seed`.
 
-    `shared` (families with `Family.shared`): the shared model of the compiled programs, which holds every
-    norm's variables and applies the activation and norm of `cfg` by a run-time choice; its variables
+    `choices` (families with `Family.shared`): the shared model of a program that serves these activations
+    and norms, which holds each norm's variables and applies `cfg`'s by a run-time choice; its variables
     restricted to `cfg`'s norm are the plain model's, value for value.
     """
     fam = of(cfg)
-    if shared and fam.shared:
-        return fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed), shared=True)
+    if choices is not None and fam.shared:
+        return fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed), choices=choices)
     return fam.build(cfg, tuple(input_shape), num_classes, jax.random.key(cfg.seed))

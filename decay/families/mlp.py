@@ -18,15 +18,16 @@ from decay.family import Family, register
 class MLP(nnx.Module):
     """`depth` dense hidden layers and a linear head."""
 
-    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array, shared: bool = False):
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, key: jax.Array, choices=None):
         k_stem, k_blocks, k_head = jax.random.split(key, 3)
         d_in = 1
         for s in input_shape:
             d_in *= s
-        self.stem = blocks.Layer(d_in, cfg, conv=False, padding="", rngs=nnx.Rngs(params=k_stem), shared=shared)
-        make = lambda rngs: blocks.Layer(cfg.width, cfg, conv=False, padding="", rngs=rngs, shared=shared)  # noqa: E731
+        self.stem = blocks.Layer(d_in, cfg, conv=False, padding="", rngs=nnx.Rngs(params=k_stem), choices=choices)
+        make = lambda rngs: blocks.Layer(cfg.width, cfg, conv=False, padding="", rngs=rngs, choices=choices)  # noqa: E731
         alpha = cfg.residual_scale if cfg.residual else None
-        self.blocks = blocks.Stack(cfg.depth - 1, make, k_blocks, alpha) if cfg.depth > 1 else None
+        cache = blocks.init_cache(cfg, "mlp", input_shape, choices)
+        self.blocks = blocks.Stack(cfg.depth - 1, make, k_blocks, alpha, cache) if cfg.depth > 1 else None
         self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
 
     def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False, stats: bool = False):

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from decay import instruments, metrics, theory
-from decay.blocks import rms, stacked
+from decay.blocks import init_cache, rms, stacked
 from decay.config import RunConfig
 from decay.errors import ConfigError
 from decay.family import Family, register
@@ -182,7 +182,8 @@ class Recurrent(nnx.Module):
 
 def _stacked(kind: str, cfg: RunConfig, key: jax.Array) -> Recurrent:
     """Layers 1..depth-1: one template whose variables hold the layers' values on a leading layer axis."""
-    return stacked(lambda k: Recurrent(kind, cfg.width, cfg, rngs=nnx.Rngs(params=k)), jax.random.split(key, cfg.depth - 1))
+    make = lambda k: Recurrent(kind, cfg.width, cfg, rngs=nnx.Rngs(params=k))  # noqa: E731
+    return stacked(make, jax.random.split(key, cfg.depth - 1), init_cache(cfg, kind))
 
 
 class RecurrentNet(nnx.Module):

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from decay import instruments, metrics, theory
-from decay.blocks import rms, stacked
+from decay.blocks import init_cache, rms, stacked
 from decay.config import RunConfig
 from decay.errors import ConfigError
 from decay.family import Family, register
@@ -173,7 +173,8 @@ class Transformer(nnx.Module):
         self.embed = nnx.Linear(features, w, rngs=nnx.Rngs(params=k_embed))
         self.pos = nnx.Param(0.02 * jax.random.normal(k_pos, (length, w))) if cfg.positions == "learned" else None
         keys = jax.random.split(k_blocks, cfg.depth)
-        self.blocks = nnx.data(stacked(lambda k: Block(cfg, cfg.depth, rngs=nnx.Rngs(params=k)), keys))
+        make = lambda k: Block(cfg, cfg.depth, rngs=nnx.Rngs(params=k))  # noqa: E731
+        self.blocks = nnx.data(stacked(make, keys, init_cache(cfg, "transformer")))
         final = cfg.norm if cfg.block == "pre_ln" else "none"  # pre_ln's stream is normed once more before the head
         self.final_norm = NORMS.get(final)(w, (-1,), cfg.bn_momentum, rngs=nnx.Rngs(0))
         task = data.task_of(cfg.dataset)
