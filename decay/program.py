@@ -64,6 +64,18 @@ class CompileLog:
     def __exit__(self, *exc) -> None:
         CompileLog._open.remove(self)
 
+    def programs(self) -> int:
+        """Training programs compiled (`Program.group_chunk`'s executables; a persistent-cache hit is not one)."""
+        return self.count("compile", "jit(batch_chunk)")
+
+    def summary(self) -> str:
+        """One line for a study's output: programs compiled, seconds compiling, tracing and lowering."""
+        n = self.programs()
+        return (
+            f"compiled: {n} training program{'s' if n != 1 else ''}; {self.seconds('compile'):.1f} s compiling,"
+            f" {self.seconds('trace') + self.seconds('lower'):.1f} s tracing and lowering (everything JAX compiled)"
+        )
+
     def count(self, phase: str, name: str | None = None) -> int:
         """Events of `phase` (of functions called `name`, when given)."""
         return sum(1 for p, n, _ in self.events if p == phase and (name is None or n == name))
@@ -177,7 +189,7 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # Each device holds a fixed number of run slots and steps the first `count` of them, one run after another,
         # with the single-run chunk: the same computation as one run alone, so the numbers do not depend on the
         # grouping; empty slots cost memory, not compute, and one executable serves every batch of a program.
-        def local(states, x_train, y_train, data_keys, test, count):
+        def batch_chunk(states, x_train, y_train, data_keys, test, count):
             one = lambda s, k: run_chunk(s, x_train, y_train, k, test, n_steps)  # noqa: E731
             at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
             shapes = jax.eval_shape(one, at(states, 0), data_keys[0])[1:]
@@ -196,7 +208,9 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         runs, rep = P(devices.RUN_AXIS), P()
         # check_vma=False: with it, gradients with respect to values created inside (the zero
         # probes) are summed over the devices, mixing the runs' signal norms.
-        sharded = jax.shard_map(local, mesh=mesh, in_specs=(runs, rep, rep, runs, rep, runs), out_specs=runs, check_vma=False)
+        sharded = jax.shard_map(
+            batch_chunk, mesh=mesh, in_specs=(runs, rep, rep, runs, rep, runs), out_specs=runs, check_vma=False
+        )
         return jax.jit(sharded, donate_argnums=0)
 
     return Program(
@@ -293,8 +307,13 @@ def _state(cfg: RunConfig, fam, params, batch_stats) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optim.of(cfg).init(params), jnp.zeros((), bool), anchor)
 
 
-@functools.lru_cache(maxsize=64)
 def _plain_template(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainState:
+    # The structure only: the same for every seed, init and learning rate (one trace per configuration).
+    return _structure(program_key(cfg)[0], tuple(input_shape), num_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _structure(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainState:
     def plain():
         model = families.build(cfg, input_shape, num_classes)
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)

@@ -75,15 +75,19 @@ def main(argv: list[str]) -> None:
         n_dev = len(jax.devices())
         where = f"{n_dev} {jax.devices()[0].platform.upper()} device{'s' if n_dev > 1 else ''}"
         progress.line(f"depth sweep: {n_runs} run{'s' if n_runs != 1 else ''} on {where} -> {workdir}")
+    from decay.program import CompileLog
+
     try:
-        rows = run_sweep(cfg, workdir, on_event=progress.on_event, on_progress=progress.on_step, command=command)
+        with CompileLog() as compiled:
+            rows = run_sweep(cfg, workdir, on_event=progress.on_event, on_progress=progress.on_step, command=command)
     except ConfigError as e:
         progress.close()
         fail(str(e))
     progress.close()
     print()
     print(summary_table(rows))
-    print(f"\nresults: {workdir}/results.jsonl\nreport:  {workdir}/report.md\nTensorBoard: tensorboard --logdir {workdir}/tb")
+    print(f"\n{compiled.summary()}")
+    print(f"results: {workdir}/results.jsonl\nreport:  {workdir}/report.md\nTensorBoard: tensorboard --logdir {workdir}/tb")
 
 
 if __name__ == "__main__":
