@@ -42,9 +42,16 @@ def stacked(make: Callable[[jax.Array], Any], keys: jax.Array, cache: Any = None
     return template
 
 
-def init_cache(cfg: RunConfig, *extra: Any) -> tuple:
-    """A `stacked` cache key: what of `cfg` draws the initial values (not its seed, learning rate, budget), and `extra`."""
-    return (dataclasses.replace(cfg, seed=0, learning_rate=1.0, steps=0, eval_every=1, checkpoint_every=0), *extra)
+def init_cache(cfg: RunConfig, *extra: Any, choices: layers.Choices | None = None) -> tuple:
+    """A `stacked` cache key: what of `cfg` draws the initial values (not its seed, learning rate, budget), and `extra`.
+
+    With `choices` (a shared stack, whose `Stack` sets each run's choice after drawing): not the activation and
+    norm either, only the initializer the activation resolves to.
+    """
+    key = dataclasses.replace(cfg, seed=0, learning_rate=1.0, steps=0, eval_every=1, checkpoint_every=0)
+    if choices is not None:
+        key = dataclasses.replace(key, activation="", norm="", init=resolve_init(cfg.init, cfg.activation))
+    return (key, *extra, choices)
 
 
 def rms(y: jax.Array) -> jax.Array:
@@ -81,8 +88,7 @@ class Layer(nnx.Module):
         self.choices = choices
         if choices is not None:
             self.norm = layers.AnyNorm(choices.norms, cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
-            picked = [choices.activations.index(cfg.activation), choices.norms.index(cfg.norm)]
-            self.choice = layers.Choice(jnp.array(picked, jnp.int32))
+            self.choice = layers.Choice(layers.picked(choices, cfg.activation, cfg.norm))
             self.act, self.relu_like = None, None
         else:
             self.norm = NORMS.get(cfg.norm)(cfg.width, reduce_axes, cfg.bn_momentum, rngs=rngs)
@@ -111,9 +117,19 @@ class Stack(nnx.Module):
     """`n` identical layers with stacked parameters, applied in sequence by `jax.lax.scan`."""
 
     def __init__(
-        self, n: int, make_layer: Callable[[nnx.Rngs], Layer], key: jax.Array, residual_scale: float | None, cache: Any = None
+        self,
+        n: int,
+        make_layer: Callable[[nnx.Rngs], Layer],
+        key: jax.Array,
+        residual_scale: float | None,
+        cache: Any = None,
+        choice: jax.Array | None = None,
     ):
+        """`cache`: `init_cache` of the layers' config; `choice`: a shared stack's run-time choice (`layers.picked`),
+        set after drawing, since the cached initializer serves every activation and norm."""
         self.layer = stacked(lambda k: make_layer(nnx.Rngs(params=k)), jax.random.split(key, n), cache)
+        if choice is not None:
+            self.layer.choice[...] = jnp.broadcast_to(choice, self.layer.choice.shape)
         self.residual_scale = residual_scale  # None: plain net
 
     def __call__(self, h: jax.Array, probes: jax.Array | None, train: bool, stats: bool = False) -> tuple[jax.Array, Any]:

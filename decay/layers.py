@@ -164,6 +164,11 @@ def choices_of(activations: Iterable[str], norms: Iterable[str]) -> Choices | No
     return Choices(tuple(n for n in ACTIVATIONS.names() if n in acts), tuple(n for n in NORMS.names() if n in ns))
 
 
+def picked(choices: Choices, activation: str, norm: str) -> jax.Array:
+    """The `Choice` value of `activation` and `norm` among `choices`: their indices, int32 [2]."""
+    return jnp.array([choices.activations.index(activation), choices.norms.index(norm)], jnp.int32)
+
+
 class Choice(nnx.BatchStat):
     """Run-time indices of a shared layer's activation and norm among its `Choices`: int32 [2]."""
 

@@ -147,6 +147,8 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # there the padding of the last batch is left out (`split_results`).
         return losses, correct
 
+    # jit here and below: traced once per program, though used (and shaped) at several places of the chunk.
+    @jax.jit
     def eval_batches(state, x_batches, y_batches):
         # Per-example (loss, hit) of one evaluation set, batchnorm in evaluation mode.
         return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches))
@@ -190,7 +192,7 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # with the single-run chunk: the same computation as one run alone, so the numbers do not depend on the
         # grouping; empty slots cost memory, not compute, and one executable serves every batch of a program.
         def batch_chunk(states, x_train, y_train, data_keys, test, count):
-            one = lambda s, k: run_chunk(s, x_train, y_train, k, test, n_steps)  # noqa: E731
+            one = jax.jit(lambda s, k: run_chunk(s, x_train, y_train, k, test, n_steps))  # shaped and run: one trace
             at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
             shapes = jax.eval_shape(one, at(states, 0), data_keys[0])[1:]
             slots = data_keys.shape[0]
@@ -224,11 +226,35 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
     )
 
 
+def _code(cfg: RunConfig) -> RunConfig:
+    # The config less what changes values only (seed, init, weight_var, bias_var, learning_rate) and what only
+    # the host reads (the budget, evaluation and checkpoint schedules, the data split): one program serves them.
+    key = dataclasses.replace(
+        cfg,
+        seed=0,
+        init="auto",
+        weight_var=None,
+        bias_var=None,
+        learning_rate=1.0,
+        eval_every=1,
+        checkpoint_every=0,
+        keep_checkpoints=0,
+        data_seed=0,
+        val_fraction=0.0,
+        data_dir=None,
+    )
+    if not instruments.tier_at_least(cfg.instruments, "full"):  # the curvature schedule reads them
+        key = dataclasses.replace(key, steps=0, instrument_every=1)
+    if not cfg.histograms:
+        key = dataclasses.replace(key, log_every=1)
+    return key
+
+
 def base_key(cfg: RunConfig) -> RunConfig:
-    """What no run-time value can change: the config less its init and learning rate (seed, init, weight_var,
-    bias_var and learning_rate change values only) and, for a family with a shared program (`Family.shared`),
-    less its activation and norm. Runs of one base key form one program in a study (`study_choices`)."""
-    key = dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0)
+    """What no run-time value can change: the config less its values and host-side settings (seed, init,
+    learning rate, budget, schedules) and, for a family with a shared program (`Family.shared`), less its
+    activation and norm. Runs of one base key form one program in a study (`study_choices`)."""
+    key = _code(cfg)
     if families.of(cfg).shared:
         key = dataclasses.replace(key, activation="", norm="")
     return key
@@ -250,7 +276,7 @@ def program_key(cfg: RunConfig, choices: Choices | None = None) -> tuple[RunConf
     """What a compiled program depends on: the config less its values (seed, init, learning rate) and, in a
     shared program (`choices`), its base key and the activations and norms it serves."""
     if choices is None or not families.of(cfg).shared:
-        return dataclasses.replace(cfg, seed=0, init="auto", weight_var=None, bias_var=None, learning_rate=1.0), None
+        return _code(cfg), None
     if cfg.activation not in choices.activations or cfg.norm not in choices.norms:
         raise ValueError(f"{cfg.name}: its activation and norm are not among the program's {choices}")
     return base_key(cfg), choices
@@ -269,7 +295,7 @@ def program(cfg: RunConfig, net: Net, choices: Choices | None = None) -> Program
     key = (program_key(cfg, choices), net.points, net.point_shape)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = _make_program(cfg, net)
-        while len(_PROGRAMS) > 8:
+        while len(_PROGRAMS) > 64:
             _PROGRAMS.popitem(last=False)
     _PROGRAMS.move_to_end(key)
     return _PROGRAMS[key]

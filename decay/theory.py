@@ -456,20 +456,30 @@ def batchnorm_chi(activation: str, batch_size: int) -> float:
     """
     if batch_size < 5:
         raise ValueError(f"batchnorm theory needs batch_size >= 5, got {batch_size}")
-    _, d1, _ = _fns(activation)
-    phi = ACTIVATIONS.get(activation)
     b = float(batch_size)
-    z1, w1, zz1, zz2, w2 = _sphere_rules(batch_size)
-    e_phi2 = jnp.sum(w1 * phi(z1) ** 2)
-    e_phi12 = jnp.sum(w2 * phi(zz1) * phi(zz2))
-    s = e_phi2 - e_phi12
-    e_d2 = jnp.sum(w1 * d1(z1) ** 2)
-    e_d12 = jnp.sum(w2 * d1(zz1) * d1(zz2))
-    e_dz2 = jnp.sum(w1 * (d1(z1) * z1) ** 2)
-    e_dz12 = jnp.sum(w2 * d1(zz1) * zz1 * d1(zz2) * zz2)
+    s, e_d2, e_d12, e_dz2, e_dz12 = (float(v) for v in _sphere_expectations(activation)(*_sphere_rules(batch_size)))
     # E tr(G D G D) = (B - 2) E[d^2] + (E[d^2] + (B - 1) E[d1 d2]) / B;  E[z^T D G D z] / B = (B - 1)(e - f) / B.
     tr = (b - 2) * e_d2 + (e_d2 + (b - 1) * e_d12) / b - (b - 1) * (e_dz2 - e_dz12) / b
     return float(b * tr / ((b - 1) * (b - 3) * s))
+
+
+@functools.cache
+def _sphere_expectations(activation: str):
+    """Jitted (one compiled program per activation, not one per operation): the expectations of `batchnorm_chi`
+    over one and two coordinates of z: (s, E d^2, E d1 d2, E (d z)^2, E d1 z1 d2 z2), d = phi'."""
+    _, d1, _ = _fns(activation)
+    phi = ACTIVATIONS.get(activation)
+
+    @jax.jit
+    def expectations(z1, w1, zz1, zz2, w2):
+        s = jnp.sum(w1 * phi(z1) ** 2) - jnp.sum(w2 * phi(zz1) * phi(zz2))
+        e_d2 = jnp.sum(w1 * d1(z1) ** 2)
+        e_d12 = jnp.sum(w2 * d1(zz1) * d1(zz2))
+        e_dz2 = jnp.sum(w1 * (d1(z1) * z1) ** 2)
+        e_dz12 = jnp.sum(w2 * d1(zz1) * zz1 * d1(zz2) * zz2)
+        return jnp.stack([s, e_d2, e_d12, e_dz2, e_dz12])
+
+    return expectations
 
 
 def batchnorm_chi_linear(batch_size: int) -> float:

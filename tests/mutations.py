@@ -101,8 +101,9 @@ MUTANTS = [
     M(
         "probe_after_norm",
         "decay/blocks.py",
-        "        if probe is not None:\n            h = h + probe\n        z = self.norm(h, train)",
-        "        z = self.norm(h, train)\n        if probe is not None:\n            z = z + probe",
+        "            h = h + probe\n        if self.choice is None:\n            z = self.norm(h, train)\n",
+        "            pass\n        if self.choice is None:\n            z = self.norm(h, train)\n"
+        "            if probe is not None:\n                z = z + probe\n",
         (REF,),
         "the backprop signal probed after the norm instead of on the linear output",
     ),
@@ -147,7 +148,14 @@ MUTANTS = [
         (REF,),
         "clipping the update instead of the gradient",
     ),
-    M("rmsnorm_identity", "decay/layers.py", "        return self.rms(x)", "        return x", (REF,), "rmsnorm as the identity"),
+    M(
+        "rmsnorm_identity",
+        "decay/layers.py",
+        "        return holder.rms(x)",
+        "        return x",
+        (REF,),
+        "rmsnorm as the identity",
+    ),
     M("leaky_slope", "decay/layers.py", "negative_slope=0.01", "negative_slope=0.1", (REF,), "leaky ReLU slope 0.1, not 0.01"),
     M(
         "gelu_tanh_approximation",
@@ -328,8 +336,8 @@ MUTANTS = [
     M(
         "group_verdict_mean",
         "decay/metrics.py",
-        'return verdict(float(np.median(chis)), rows[0]["depth"])',
-        'return verdict(float(np.mean(chis)), rows[0]["depth"])',
+        "return verdict(float(np.median(chis)),",
+        "return verdict(float(np.mean(chis)),",
         (REF,),
         "a configuration's verdict from the mean chi over seeds, not the median shown",
     ),

@@ -8,6 +8,7 @@ import sys
 import jax
 import pytest
 
+from decay import program
 from decay.config import RunConfig, SweepConfig
 from decay.loop import train_run, train_runs
 from decay.studies.depth_sweep import run_sweep
@@ -20,14 +21,15 @@ def test_four_devices_give_the_numbers_of_one(tmp_path, cli_sweep):
     # The shared sweep ran from the shell on 4 devices (XLA_FLAGS; its --cpu_devices=1 did not override them).
     assert "on 4 CPU devices" in cli_sweep.out.stdout
     assert jax.device_count() != 4, "this process must see another device count than the sweep's"
-    # Its depth-3 tanh runs again here, on this process's device: 2 runs per program, padded to 4 there.
+    # Its depth-3 runs again here, on this process's device: 8 runs of one shared program (the study's activations
+    # and norms decide it), 2 slots on each of the 4 devices there, 8 slots on one here.
     base = RunConfig(width=8, steps=6, eval_every=3, batch_size=32)  # the sweep's flags (tests/conftest.py CLI_SWEEP)
     cfg = SweepConfig(
-        base=base, depths=(3,), activations=("tanh",), norms=("none", "batchnorm"), seeds=1, learning_rates=(0.05, 0.2)
+        base=base, depths=(3,), activations=("tanh", "relu"), norms=("none", "batchnorm"), seeds=1, learning_rates=(0.05, 0.2)
     )
     here = run_sweep(cfg, str(tmp_path), write_report=False)
     four = {r["name"]: r for r in cli_sweep.rows}
-    assert len(here) == 4 and all(r["name"] in four for r in here)
+    assert len(here) == 8 and all(r["name"] in four for r in here)
     assert without_wall_time([four[r["name"]] for r in here]) == without_wall_time(here)
 
 
@@ -69,13 +71,17 @@ def test_bad_cpu_devices_is_one_line(tmp_path):
 
 
 def test_runs_trained_together_equal_runs_trained_alone(tiny_data):
-    # steps=4, eval_every=2: chunks of 2 steps, one compiled chunk per group size (uneven chunks: the diverging test below).
+    # steps=4, eval_every=2: chunks of 2 steps (uneven chunks: the diverging test below). Other seeds, inits,
+    # rates, activations and norms: one shared program (decay.program.study_choices), 3 slots, so the second
+    # batch has an empty slot (never stepped); each run alone in the same program gives the same row.
     cfgs = [tiny_config(norm="batchnorm", seed=s, steps=4) for s in range(3)]
     cfgs.append(tiny_config(norm="batchnorm", seed=7, steps=4, weight_var=2.0, bias_var=0.1))  # same program, other init
-    together = train_runs(cfgs, tiny_data)
-    alone = [train_run(c, tiny_data) for c in cfgs]
+    cfgs.append(tiny_config(activation="relu", norm="layernorm", seed=1, steps=4, learning_rate=0.3))
+    choices = next(iter(program.study_choices(cfgs).values()))
+    together = train_runs(cfgs, tiny_data, slots=3)
+    alone = [train_runs([c], tiny_data, choices=choices)[0] for c in cfgs]
     assert without_wall_time(together) == without_wall_time(alone)
-    assert len({r["grad_norms_init"][0] for r in together}) == 4  # the runs really differ
+    assert len({r["grad_norms_init"][0] for r in together}) == 5  # the runs really differ
 
 
 def test_train_runs_refuses_runs_of_different_programs(tiny_data):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from decay import blocks
+from decay import blocks, layers
 from decay.config import RunConfig
 from decay.family import Family, register
 
@@ -23,8 +23,9 @@ class CNN(nnx.Module):
         self.stem = blocks.Layer(input_shape[-1], cfg, conv=True, padding="SAME", rngs=nnx.Rngs(params=k_stem), choices=choices)
         make = lambda rngs: blocks.Layer(cfg.width, cfg, conv=True, padding="SAME", rngs=rngs, choices=choices)  # noqa: E731
         alpha = cfg.residual_scale if cfg.residual else None
-        cache = blocks.init_cache(cfg, "cnn", input_shape, choices)
-        self.blocks = blocks.Stack(cfg.depth - 1, make, k_blocks, alpha, cache) if cfg.depth > 1 else None
+        cache = blocks.init_cache(cfg, "cnn", input_shape, choices=choices)
+        choice = None if choices is None else layers.picked(choices, cfg.activation, cfg.norm)
+        self.blocks = blocks.Stack(cfg.depth - 1, make, k_blocks, alpha, cache, choice) if cfg.depth > 1 else None
         self.head = nnx.Linear(cfg.width, num_classes, rngs=nnx.Rngs(params=k_head))
 
     def __call__(self, x: jax.Array, probes: jax.Array | None = None, train: bool = False, stats: bool = False):
