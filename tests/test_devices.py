@@ -10,7 +10,7 @@ import pytest
 
 from decay import program
 from decay.config import RunConfig, SweepConfig
-from decay.loop import train_run, train_runs
+from decay.loop import train_runs
 from decay.studies.depth_sweep import run_sweep
 from tests.conftest import ROOT, tiny_config, without_wall_time
 from tests.shell import scratch, shell
@@ -73,13 +73,14 @@ def test_bad_cpu_devices_is_one_line(tmp_path):
 def test_runs_trained_together_equal_runs_trained_alone(tiny_data):
     # steps=4, eval_every=2: chunks of 2 steps (uneven chunks: the diverging test below). Other seeds, inits,
     # rates, activations and norms: one shared program (decay.program.study_choices), 3 slots, so the second
-    # batch has an empty slot (never stepped); each run alone in the same program gives the same row.
+    # batch has an empty slot (never stepped); each run alone in the same program gives the same row. (That a
+    # batch's slot count changes no number: test_four_devices_give_the_numbers_of_one, 2 slots there, 8 here.)
     cfgs = [tiny_config(norm="batchnorm", seed=s, steps=4) for s in range(3)]
     cfgs.append(tiny_config(norm="batchnorm", seed=7, steps=4, weight_var=2.0, bias_var=0.1))  # same program, other init
     cfgs.append(tiny_config(activation="relu", norm="layernorm", seed=1, steps=4, learning_rate=0.3))
     choices = next(iter(program.study_choices(cfgs).values()))
     together = train_runs(cfgs, tiny_data, slots=3)
-    alone = [train_runs([c], tiny_data, choices=choices)[0] for c in cfgs]
+    alone = [train_runs([c], tiny_data, choices=choices, slots=3)[0] for c in cfgs]  # 1 run, 2 empty slots
     assert without_wall_time(together) == without_wall_time(alone)
     assert len({r["grad_norms_init"][0] for r in together}) == 5  # the runs really differ
 
@@ -118,6 +119,6 @@ def test_a_run_diverging_in_its_group_leaves_the_others_as_if_alone(tiny_data):
     cfgs = [tiny_config(seed=0, weight_var=1e10, **kw), tiny_config(seed=1, **kw)]  # the first diverges at step 2
     together = train_runs(cfgs, tiny_data)
     assert together[0]["diverged"] and not together[1]["diverged"]
-    alone = train_run(cfgs[1], tiny_data)
+    alone = train_runs(cfgs[1:], tiny_data, slots=2)[0]  # alone in a batch of the group's shape: one executable per chunk
     assert without_wall_time([together[1]]) == without_wall_time([alone])
     assert [h["step"] for h in together[1]["history"]] == [0, 3, 6, 7]

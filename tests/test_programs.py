@@ -62,7 +62,7 @@ def test_every_branch_of_a_shared_model_computes_its_formula(tiny_data):
 
 # The shared program against the plain one in both families with a shared program (one shared program per
 # family and shape, cached across the cases): three training steps, or the step's measurement at init.
-_PAIRS = [("mlp", "tanh", "layernorm", 3), ("mlp", "relu", "batchnorm", 0), ("cnn", "gelu", "batchnorm", 3)]
+_PAIRS = [("mlp", "tanh", "layernorm", 3), ("cnn", "gelu", "batchnorm", 0)]
 
 
 @pytest.mark.parametrize("model,activation,norm,steps", _PAIRS)
@@ -86,7 +86,7 @@ def test_the_shared_program_computes_what_the_plain_program_computes(tiny_data, 
     for k in plain_stats:
         np.testing.assert_allclose(shared_stats[k], plain_stats[k], rtol=2e-5, atol=1e-7, err_msg=k)
     # Dead units are counted for ReLU-like activations only, in the shared program too.
-    assert np.all(np.isfinite(shared_stats["dead_fraction"])) == (activation in ("relu", "gelu"))
+    assert np.all(np.isfinite(shared_stats["dead_fraction"])) == (activation == "gelu")
 
 
 @pytest.mark.parametrize("n_devices", [1, 2, 4, 16])
