@@ -44,6 +44,8 @@ _DEPTH = flags.DEFINE_integer("depth", 32, "Internal: depth of a child measureme
 
 GRID = ["--depths=4,16,32", "--activations=tanh,relu", "--norms=none,batchnorm", "--seeds=2"]
 COMMON = ["--width=128", "--batch_size=128", "--steps=300", "--dataset=synthetic"]
+# The reference trains at one rate (its --learning_rate, 0.02): so does the sweep, not over its default grid of 5.
+RATE = ["--learning_rates=0.02"]
 
 
 def _python(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -309,7 +311,7 @@ def part_e2e(repeats: int) -> dict:
     warm_cache = tempfile.mkdtemp(prefix="decay-cache-")
     variants = {"default": [], "basic": ["--instruments=basic"]}
     for name, extra in variants.items():  # fill the warm cache
-        sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, *extra, "--quiet"]
+        sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, *RATE, *extra, "--quiet"]
         _python(*sweep, f"--workdir={warm_cache}/fill-{name}", f"--compilation_cache={warm_cache}/jax")
     times: dict[str, list[float]] = {f"decay_{v}_{c}": [] for v in variants for c in ("cold", "warm")}
     times["torch"] = []
@@ -318,7 +320,7 @@ def part_e2e(repeats: int) -> dict:
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="decay-bench-") as tmp:
             for name, extra in variants.items():
-                sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, *extra, "--quiet"]
+                sweep = ["-m", "experiments.depth_sweep", *GRID, *COMMON, *RATE, *extra, "--quiet"]
                 wall, out = _python(*sweep, f"--workdir={tmp}/cold-{name}", f"--compilation_cache={tmp}/cache-{name}")
                 times[f"decay_{name}_cold"].append(wall)
                 compiles[name] = next((line for line in out.splitlines() if line.startswith("compiled:")), "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -260,16 +260,34 @@ def base_key(cfg: RunConfig) -> RunConfig:
     return key
 
 
+# What a shared program saves and costs, measured on this project's 2-core CPU (docs/speed.md, width 128, batch 128):
+COMPILE_S = 2.5  # compiling one plain training program (median over the reference grid's 12)
+SWITCH_S = 2.4e-3 / 32  # a shared program's extra time per layer and step (14.05 vs 11.62 ms at depth 32)
+
+
+def sharing_pays(cfgs: Sequence[RunConfig], choices: Choices) -> bool:
+    """Whether one shared program for `cfgs` (one base key) is estimated faster than a plain program for each
+    activation x norm: the compilations it saves against the switch's cost on every layer of every step.
+    Estimated from the study alone (not the device count), so the choice, and every row, is the same on any machine."""
+    combos = len({(c.activation, c.norm) for c in cfgs})
+    saved = (combos - 1) * COMPILE_S
+    cost = SWITCH_S * sum(c.depth * max(c.steps, 1) for c in cfgs)
+    return saved > cost
+
+
 def study_choices(cfgs: Iterable[RunConfig]) -> dict[RunConfig, Choices | None]:
-    """For each base key of a study's runs, the activations and norms its one program serves (None: one of
-    each, a plain program). Given every run of the study, done or not, so that a resumed study, its runs
-    grouped and spread over any number of devices, trains each run with the same program."""
-    acts: dict[RunConfig, set[str]] = collections.defaultdict(set)
-    norms: dict[RunConfig, set[str]] = collections.defaultdict(set)
+    """For each base key of a study's runs, the activations and norms its one shared program serves, or None: a
+    plain program per activation and norm (one of each, or where sharing does not pay, `sharing_pays`). Given
+    every run of the study, done or not, so that a resumed study, its runs grouped and spread over any number
+    of devices, trains each run with the same program."""
+    runs: dict[RunConfig, list[RunConfig]] = collections.defaultdict(list)
     for c in cfgs:
-        acts[base_key(c)].add(c.activation)
-        norms[base_key(c)].add(c.norm)
-    return {k: (choices_of(acts[k], norms[k]) if families.of(k).shared else None) for k in acts}
+        runs[base_key(c)].append(c)
+    out = {}
+    for k, group in runs.items():
+        choices = choices_of({c.activation for c in group}, {c.norm for c in group}) if families.of(k).shared else None
+        out[k] = choices if choices is not None and sharing_pays(group, choices) else None
+    return out
 
 
 def program_key(cfg: RunConfig, choices: Choices | None = None) -> tuple[RunConfig, Choices | None]:

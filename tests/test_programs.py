@@ -89,18 +89,31 @@ def test_the_shared_program_computes_what_the_plain_program_computes(tiny_data, 
     assert np.all(np.isfinite(shared_stats["dead_fraction"])) == (activation == "gelu")
 
 
+def test_a_program_is_shared_where_the_compilations_it_saves_outweigh_its_slower_steps():
+    default = SweepConfig(learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)).runs()  # the default sweep (experiments.depth_sweep)
+    shared = {k.depth: v for k, v in program.study_choices(default).items()}
+    # Depth 2: 8 compilations saved (20 s) against 2 x 300 x 135 layer-steps of the switch (6.5 s); deeper, not.
+    assert shared[2] == Choices(("sigmoid", "tanh", "relu"), ("none", "batchnorm", "layernorm"))
+    assert shared[8] is None and shared[32] is None
+    one = [c for c in default if c.depth == 32]
+    saved, cost = 8 * program.COMPILE_S, program.SWITCH_S * 32 * 300 * len(one)
+    assert program.sharing_pays(one, shared[2]) == (saved > cost) is False
+    # A study with fewer steps shares at every depth: the benchmark's grid (2 seeds, one rate, 300 steps).
+    grid = SweepConfig(depths=(4, 16, 32), activations=("tanh", "relu"), norms=("none", "batchnorm"), seeds=2).runs()
+    assert all(v is not None for v in program.study_choices(grid).values())
+
+
 @pytest.mark.parametrize("n_devices", [1, 2, 4, 16])
 def test_the_default_sweep_keeps_every_device_busy(n_devices):
-    cfg = SweepConfig(learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0))  # the default sweep's grid (experiments.depth_sweep)
-    runs = cfg.runs()
+    runs = SweepConfig(learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)).runs()  # the default sweep's grid
     choices = program.study_choices(runs)
     groups: dict = {}
     for c in runs:
         groups.setdefault(program.program_key(c, choices[program.base_key(c)]), []).append(c)
-    assert len(groups) == len(cfg.depths)  # one program per depth
+    assert sorted(len(g) for g in groups.values()) == [15] * 18 + [135]  # depth 2 shared; 8 and 32 plain
     for runs in groups.values():
         slots, sizes = devices.plan(len(runs), n_devices)
-        assert sum(sizes) == len(runs) == 135 and slots <= devices.PER_DEVICE
+        assert sum(sizes) == len(runs) and slots <= devices.PER_DEVICE
         for size in sizes:
             per_device = devices.counts(size, n_devices)
             assert per_device.sum() == size and per_device.max() <= slots
