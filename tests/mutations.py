@@ -405,6 +405,22 @@ MUTANTS = [
         ("tests/test_transformer.py",),
         "a causal model reads later tokens instead of earlier ones",
     ),
+    M(
+        "shared_choice_swapped",
+        "decay/layers.py",
+        "[choices.activations.index(activation), choices.norms.index(norm)]",
+        "[choices.norms.index(norm), choices.activations.index(activation)]",
+        ("tests/test_programs.py",),
+        "a shared layer's choice reads the norm's index as the activation's and the other way round",
+    ),
+    M(
+        "batch_runs_not_spread",
+        "decay/devices.py",
+        "return [(i % n_devices) * slots + i // n_devices for i in range(runs)]",
+        "return list(range(runs))",
+        ("tests/test_programs.py",),
+        "a batch's runs placed in the first slots, not spread over the devices (some never stepped)",
+    ),
 ]
 
 
