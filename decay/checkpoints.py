@@ -22,14 +22,13 @@ from decay.config import RunConfig
 from decay.errors import ConfigError
 
 
-def _flat(tree: Any) -> dict[str, np.ndarray]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
 def keys(tree: Any) -> list[str]:
-    """The flat keys a checkpoint stores `tree`'s leaves under (pytree paths)."""
+    """The flat keys a checkpoint stores `tree`'s leaves under (pytree paths), in leaf order."""
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    return dict(zip(keys(tree), (np.asarray(leaf) for leaf in jax.tree.leaves(tree)), strict=True))
 
 
 def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:

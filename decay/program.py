@@ -148,7 +148,6 @@ def _make_program(cfg: RunConfig, net: Net) -> Program:
         # there the padding of the last batch is left out (`split_results`).
         return losses, correct
 
-    # jit here and below: traced once per program, though used (and shaped) at several places of the chunk.
     def eval_batches(state, x_batches, y_batches):
         # Per-example (loss, hit) of one evaluation set, batchnorm in evaluation mode.
         return jax.lax.map(lambda b: eval_batch(state.params, state.batch_stats, *b), (x_batches, y_batches))
@@ -272,7 +271,7 @@ COMPILE_S = 2.5  # compiling one plain training program (median over the referen
 SWITCH_S = 2.4e-3 / 32  # a shared program's extra time per layer and step (14.05 vs 11.62 ms at depth 32)
 
 
-def sharing_pays(cfgs: Sequence[RunConfig], choices: Choices) -> bool:
+def sharing_pays(cfgs: Sequence[RunConfig]) -> bool:
     """Whether one shared program for `cfgs` (one base key) is estimated faster than a plain program for each
     activation x norm: the compilations it saves against the switch's cost on every layer of every step.
     Estimated from the study alone (not the device count), so the choice, and every row, is the same on any machine."""
@@ -293,7 +292,7 @@ def study_choices(cfgs: Iterable[RunConfig]) -> dict[RunConfig, Choices | None]:
     out = {}
     for k, group in runs.items():
         choices = choices_of({c.activation for c in group}, {c.norm for c in group}) if families.of(k).shared else None
-        out[k] = choices if choices is not None and sharing_pays(group, choices) else None
+        out[k] = choices if choices is not None and sharing_pays(group) else None
     return out
 
 
@@ -347,7 +346,7 @@ def init_state(
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     shape = tuple(input_shape)
     net = Net(graphdef, fam, fam.points(cfg, shape), fam.point_shape(cfg, shape), data.task_of(cfg.dataset))
-    prog = program(cfg, net, choices if fam.shared else None)
+    prog = program(cfg, net, choices)  # program_key ignores choices for a family without a shared model
     return prog, _state(cfg, fam, params, batch_stats)
 
 

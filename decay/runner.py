@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from decay import data as data_lib
 from decay import devices, loop, program, results
 from decay.config import RunConfig, dumps
@@ -169,8 +167,8 @@ class Runner:
         n_devices = devices.run_mesh().size
         for group in groups.values():
             # A program's runs in batches that fill every device (`devices.plan`), one executable for all of them.
-            slots, sizes = devices.plan(len(group), n_devices)
-            for start in np.cumsum([0, *sizes[:-1]]):
+            slots = devices.slots_per_device(len(group), n_devices)
+            for start in range(0, len(group), slots * n_devices):
                 batch = group[start : start + slots * n_devices]
                 for c in batch:
                     emit(Event("start", index[self.key(c)], total, self.key(c), *eta(), None, c))

@@ -97,7 +97,7 @@ def test_a_program_is_shared_where_the_compilations_it_saves_outweigh_its_slower
     assert shared[8] is None and shared[32] is None
     one = [c for c in default if c.depth == 32]
     saved, cost = 8 * program.COMPILE_S, program.SWITCH_S * 32 * 300 * len(one)
-    assert program.sharing_pays(one, shared[2]) == (saved > cost) is False
+    assert program.sharing_pays(one) == (saved > cost) is False
     # A study with fewer steps shares at every depth: the benchmark's grid (2 seeds, one rate, 300 steps).
     grid = SweepConfig(depths=(4, 16, 32), activations=("tanh", "relu"), norms=("none", "batchnorm"), seeds=2).runs()
     assert all(v is not None for v in program.study_choices(grid).values())
