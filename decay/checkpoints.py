@@ -31,6 +31,14 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
     return dict(zip(keys(tree), (np.asarray(leaf) for leaf in jax.tree.leaves(tree)), strict=True))
 
 
+_DISK_ERRORS = ("No space left", "Permission denied", "Read-only file system", "Disk quota", "Not a directory")
+
+
+def _write_failed(e: Exception) -> bool:
+    """Whether `e`, raised by Orbax or TensorStore while saving, is the filesystem refusing a write."""
+    return isinstance(e, OSError) or any(text in str(e) for text in _DISK_ERRORS)
+
+
 def _manager(ckpt_dir: str, read_only: bool = False) -> ocp.CheckpointManager:
     # `read_only` only means "do not create the folder": Orbax's own read-only mode logs warnings.
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, enable_async_checkpointing=False)
@@ -57,15 +65,25 @@ def save(
         arrays = {k: v for k, v in arrays.items() if k in saved}
     if data_key is not None:
         arrays["['data_key']"] = np.asarray(jax.random.key_data(data_key))
-    with _manager(ckpt_dir) as mngr:
-        if step in mngr.all_steps():
-            mngr.delete(step)
-        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)))
-        mngr.wait_until_finished()
-        steps = sorted(mngr.all_steps())
-        for old in steps[:-keep] if keep > 0 else steps:
-            if old != 0 and old != step:
-                mngr.delete(old)
+    try:
+        with _manager(ckpt_dir) as mngr:
+            if step in mngr.all_steps():
+                mngr.delete(step)
+            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)))
+            mngr.wait_until_finished()
+            steps = sorted(mngr.all_steps())
+            for old in steps[:-keep] if keep > 0 else steps:
+                if old != 0 and old != step:
+                    mngr.delete(old)
+    except (
+        Exception
+    ) as e:  # a full disk, no permission: one line; Orbax completes a checkpoint by renaming, so earlier ones are whole
+        if not _write_failed(e):
+            raise
+        from decay.results import write_error
+
+        err = e if isinstance(e, OSError) else OSError(None, str(e).strip().splitlines()[0][:200])
+        raise write_error(os.path.join(ckpt_dir, str(step)), err) from None
 
 
 def steps(ckpt_dir: str) -> list[int]:
@@ -125,7 +143,13 @@ def restore(
         raise
     except Exception as e:  # Orbax/TensorStore errors on damaged files: keep one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first[:200]})") from None
+        others = [s for s in available if s != step]
+        hint = (
+            f"delete that folder to resume from step {others[-1]}" if others else "delete the run's folder to retrain it"
+        ) + ", or restore the files"
+        raise ConfigError(
+            f"{path}: unreadable checkpoint, files missing or damaged ({type(e).__name__}: {first[:160]}); {hint}"
+        ) from None
     arrays = out["state"]
     restored = [np.asarray(arrays[k]).astype(v.dtype) if k in expected else v for k, v in whole.items()]
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), restored)

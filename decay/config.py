@@ -74,6 +74,11 @@ class RunConfig:
     histograms: bool = _field(False, "Also log per-layer histograms of log10|dL/dW_l| to TensorBoard (computed in the jit).")
     checkpoint_every: int = _field(1000, "Steps between Orbax checkpoints (also at step 0 and the end); 0: only those.")
     keep_checkpoints: int = _field(2, "Newest checkpoints kept per run, besides step 0.")
+    checkpoints: str = _field(
+        "every",
+        "Checkpoint policy: every (step 0, every --checkpoint_every steps and the end), ends (step 0 and the end only:"
+        " less disk) or none (no run checkpoints: an interrupted run restarts, runs cannot be reopened for analysis).",
+    )
     seed: int = _field(0, "Seeds the parameters and the order of minibatches.")
     data_seed: int = _field(0, "Seeds the train/validation/test split and synthetic data, shared by all runs.")
     val_fraction: float = _field(
@@ -104,6 +109,8 @@ def help_of(name: str) -> str:
     """The help text of RunConfig field `name`."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}[name]
 
+
+CHECKPOINT_POLICIES = ("every", "ends", "none")  # RunConfig.checkpoints
 
 DEFAULT_LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)  # the depth sweep's default grid (experiments.depth_sweep)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -103,9 +104,18 @@ def split_validation(ds: Dataset, fraction: float, data_seed: int) -> Dataset:
     return ds._replace(x_train=ds.x_train[~pick], y_train=ds.y_train[~pick], x_val=ds.x_train[pick], y_val=ds.y_train[pick])
 
 
-def standardize(ds: Dataset) -> Dataset:
-    """Every split standardized with the training split's mean and standard deviation."""
+def standardize(ds: Dataset, source: str | None = None) -> Dataset:
+    """Every split standardized with the training split's mean and standard deviation.
+
+    Training inputs that all share one value (std 0: blank or corrupt files) give a one-line ConfigError naming
+    `source` (default: the dataset) rather than NaN inputs.
+    """
     mean, std = float(ds.x_train.mean()), float(ds.x_train.std())
+    if not std > 0:
+        raise ConfigError(
+            f"{source or f'--dataset={ds.name}'}: all {ds.x_train.size} training input values equal {mean:g} (standard"
+            " deviation 0), so they cannot be standardized; the files are blank or corrupt: re-download them"
+        )
 
     def z(x):
         return None if x is None else ((x - mean) / std).astype(np.float32)
@@ -174,23 +184,96 @@ def _find(data_dir: str | None, flag_dataset: str, names: list[str]) -> list[str
     return found
 
 
+def _one_line(message: str) -> str:
+    return " ".join(message.splitlines())
+
+
+def _corrupt(path: str, problem: str, fix: str = "re-download it") -> ConfigError:
+    """The one-line error for a local data file that cannot be used: the path, the problem, what to do."""
+    return ConfigError(_one_line(f"{path} {problem}; {fix}"))
+
+
 def _read_bytes(path: str) -> bytes:
+    """The file's bytes, gunzipped when its name ends in .gz; a one-line ConfigError when it cannot be read."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        return f.read()
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except EOFError:
+        raise _corrupt(path, "is a truncated gzip file (the stream ends early)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        fix = "re-download it, or drop the .gz if it is not compressed"
+        raise _corrupt(path, f"is not a valid gzip file ({e})", fix) from None
+    except OSError as e:
+        raise _corrupt(path, f"cannot be read ({e.strerror or e})", "check its permissions or re-download it") from None
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (the MNIST distribution format) of unsigned bytes."""
+IDX_TYPES = {0x08: "unsigned bytes", 0x09: "signed bytes", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def read_idx(path: str, ndim: int | None = None, kind: str = "values") -> np.ndarray:
+    """Reads an IDX file (the MNIST distribution format) of unsigned bytes.
+
+    `ndim` is the number of dimensions expected (3 for images, 1 for labels; None: any) and `kind` what the file
+    holds, for the messages. Every defect (bad magic number, wrong dimensions, a header or data cut short, trailing
+    bytes) is a one-line ConfigError naming the file.
+    """
     raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ConfigError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ConfigError(f"{path} is truncated: header says {shape}, found {data.size} values")
-    return data.reshape(shape)
+    if not raw:
+        raise _corrupt(path, "is empty: not an IDX file (no magic number)")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
+        gz = raw[:2] == b"\x1f\x8b"
+        raise _corrupt(
+            path,
+            f"is not an IDX file (bad magic number: {raw[:4].hex()}, expected 00000803 for images or 00000801 for labels)"
+            + (": it is gzip-compressed" if gz else ""),
+            "rename it to end in .gz" if gz else "re-download it",
+        )
+    if raw[2] != 0x08:
+        raise _corrupt(path, f"is an IDX file of {IDX_TYPES[raw[2]]}, not of unsigned bytes as MNIST's are (bad magic number)")
+    dims = raw[3]
+    if len(raw) < 4 + 4 * dims:
+        raise _corrupt(path, f"is truncated: {len(raw)} bytes, shorter than its own {4 + 4 * dims}-byte header")
+    if ndim is not None and dims != ndim:
+        other = {1: "labels", 3: "images"}.get(dims, "data")
+        raise _corrupt(
+            path,
+            f"has the wrong magic number {raw[:4].hex()} ({dims}-dimensional {other}) for {kind} (magic number"
+            f" 0000080{ndim}, {ndim}-dimensional): are the image and label files swapped?",
+            "put each file under its own name, or re-download them",
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    expected, found = math.prod(shape), len(raw) - 4 - 4 * dims
+    if found < expected:
+        raise _corrupt(path, f"is truncated: its header says shape {shape} ({expected} bytes of data), found {found} bytes")
+    if found > expected:
+        raise _corrupt(path, f"is corrupt: {found - expected} bytes more than its header's shape {shape} ({expected} bytes)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def check_labels(path: str, labels: np.ndarray, num_classes: int) -> None:
+    """A one-line ConfigError naming `path` when a label lies outside 0..num_classes - 1 (vectorized)."""
+    bad = labels >= num_classes  # unsigned bytes: never negative
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise _corrupt(
+            path,
+            f"has {int(bad.sum())} labels out of range 0..{num_classes - 1} (the first: label {int(labels[first])} of"
+            f" example {first}): it is corrupt or from another dataset",
+        )
+
+
+def check_pair(images_path: str, images: np.ndarray, labels_path: str, labels: np.ndarray) -> None:
+    """One-line ConfigErrors when an image file and its label file disagree in count, or hold no examples."""
+    if len(images) != len(labels):
+        raise ConfigError(
+            _one_line(
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels: the counts"
+                " differ (files from different splits or datasets?); re-download the pair"
+            )
+        )
+    if not len(images):
+        raise _corrupt(images_path, "holds no images (the count in its header is 0)")
 
 
 @register("mnist")
@@ -198,16 +281,36 @@ def load_mnist(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Datase
     """MNIST from the four IDX files of its standard distribution, under --data_dir."""
     del data_seed, seq_len
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    xtr, ytr, xte, yte = (read_idx(p) for p in _find(data_dir, "mnist", names))
+    paths = _find(data_dir, "mnist", names)
+    xtr, ytr, xte, yte = (read_idx(p, n, k) for p, n, k in zip(paths, (3, 1, 3, 1), ("images", "labels") * 2, strict=True))
+    check_pair(paths[0], xtr, paths[1], ytr)
+    check_pair(paths[2], xte, paths[3], yte)
+    if xte.shape[1:] != xtr.shape[1:]:
+        raise _corrupt(paths[2], f"holds {xte.shape[1:]} images but {paths[0]} holds {xtr.shape[1:]} (the sizes differ)")
+    check_labels(paths[1], ytr, 10)
+    check_labels(paths[3], yte, 10)
     return _raw("mnist", xtr[..., None], ytr, xte[..., None], yte, 10)
 
 
+CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 32x32 pixels per channel (R, G, B)
+
+
 def read_cifar_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one CIFAR-10 binary batch: records of 1 label byte + 3072 bytes (3x32x32, CHW)."""
+    """Reads one CIFAR-10 binary batch: records of 1 label byte + 3072 bytes (3x32x32, CHW).
+
+    An empty file, a size that is not a whole number of records, or a label outside 0..9 is a one-line ConfigError.
+    """
     raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
-    if raw.size % 3073:
-        raise ConfigError(f"{path} is not a CIFAR-10 binary batch (size is not a multiple of 3073 bytes)")
-    rec = raw.reshape(-1, 3073)
+    if not raw.size:
+        raise _corrupt(path, "is empty: no CIFAR-10 records")
+    if raw.size % CIFAR_RECORD:
+        raise _corrupt(
+            path,
+            f"is truncated or not a CIFAR-10 binary batch: its {raw.size} bytes are not a whole number of"
+            f" {CIFAR_RECORD}-byte records ({raw.size // CIFAR_RECORD} records and {raw.size % CIFAR_RECORD} bytes over)",
+        )
+    rec = raw.reshape(-1, CIFAR_RECORD)
+    check_labels(path, rec[:, 0], 10)
     return rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0]
 
 
@@ -226,6 +329,9 @@ def load_cifar10(data_dir: str | None, data_seed: int, seq_len: int = 0) -> Data
     xtr = np.concatenate([p[0] for p in parts[:5]])
     ytr = np.concatenate([p[1] for p in parts[:5]])
     return _raw("cifar10", xtr, ytr, parts[5][0], parts[5][1], 10)
+
+
+LOCAL_FILES = {"mnist", "cifar10"}  # loaders that read --data_dir
 
 
 # The generated sequence tasks: train (before the validation split) and test examples.
@@ -357,7 +463,29 @@ def load(
 ) -> Dataset:
     """A registered dataset by name, its validation split carved from the training set, standardized on the training split."""
     ds = split_validation(DATASETS.get(name)(data_dir, data_seed, seq_len), val_fraction, data_seed)
-    return ds if name in PRESTANDARDIZED else standardize(ds)
+    source = f"--dataset={name} from --data_dir={data_dir}" if name in LOCAL_FILES else f"--dataset={name}"
+    ds = ds if name in PRESTANDARDIZED else standardize(ds, source)
+    check_finite(ds, source, "the files are corrupt: re-download them" if name in LOCAL_FILES else "a bug: report it")
+    return ds
+
+
+def check_finite(ds: Dataset, source: str, fix: str) -> None:
+    """A one-line ConfigError naming `source` and the count when any input (or float target) of any split is NaN or Inf."""
+    arrays = {"training": (ds.x_train, ds.y_train), "validation": (ds.x_val, ds.y_val), "test": (ds.x_test, ds.y_test)}
+    for split, (x, y) in arrays.items():
+        for what, a in (("input", x), ("target", y)):
+            if a is None or not np.issubdtype(a.dtype, np.floating):
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(a.sum()):  # the fast path: one pass, no temporary array (an overflow falls through)
+                    continue
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise ConfigError(
+                    _one_line(
+                        f"{source}: {bad} of {a.size} {split} {what} values are not finite (NaN or Inf) after loading; {fix}"
+                    )
+                )
 
 
 def load_for(cfg: RunConfig) -> Dataset:

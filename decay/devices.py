@@ -107,5 +107,7 @@ def stack_runs(trees: list, mesh: Mesh):
 
 
 def replicate(x, mesh: Mesh):
-    """A copy of `x` on every device of the mesh."""
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+    """A copy of `x` on every device of the mesh (of every process: `x` the same on each)."""
+    from decay import distributed
+
+    return jax.device_put(jax.tree.map(distributed.to_global, x), NamedSharding(mesh, PartitionSpec()))

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from decay import devices, instruments, metrics, row
+from decay import devices, distributed, instruments, interrupts, metrics, row
 from decay.config import RunConfig
 from decay.data import Dataset
+from decay.errors import Interrupted
 from decay.layers import Choices
 from decay.program import (
     Program,
@@ -57,14 +58,15 @@ class _RunHost:
         self.t0 = time.perf_counter()
         self.cfg, self.dataset, self.prog, self.state = cfg, dataset, prog, state
         self.data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-        self.ckpt_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints") if run_dir and cfg.checkpoints != "none" else None
+        self.saved_at: int | None = None  # the step of the checkpoint saved last by this process
         self.checkpoints = checkpoints
         self.record = RunRecord()
         self.resumed = False
         # What checkpoints hold: the plain model's variables (a shared program's state holds every norm's).
         self.saved = saved_keys(cfg, tuple(dataset.x_train.shape[1:]), dataset.num_classes) if run_dir else None
         if self.ckpt_dir and checkpoints.steps(self.ckpt_dir):
-            self.state, self.data_key, progress, _ = checkpoints.restore(self.ckpt_dir, self.state, saved=self.saved)
+            self.state, self.data_key, progress, self.saved_at = checkpoints.restore(self.ckpt_dir, self.state, saved=self.saved)
             self.record = RunRecord.from_json(progress)
             self.resumed = True
         elif run_dir:
@@ -89,16 +91,12 @@ class _RunHost:
         return self.record.done < self.cfg.steps and self.record.diverged_at is None
 
     def save_checkpoint(self, state) -> None:
-        if self.ckpt_dir:
-            self.checkpoints.save(
-                self.ckpt_dir,
-                self.record.done,
-                state,
-                self.data_key,
-                self.record.to_json(),
-                self.cfg.keep_checkpoints,
-                self.saved,
-            )
+        """Checkpoints `state` at the record's step (policy `cfg.checkpoints`: `every` keeps the newest
+        `keep_checkpoints` besides step 0, `ends` only step 0 and the newest, `none` writes nothing)."""
+        if self.ckpt_dir and self.saved_at != self.record.done:
+            keep = self.cfg.keep_checkpoints if self.cfg.checkpoints == "every" else 1
+            self.checkpoints.save(self.ckpt_dir, self.record.done, state, self.data_key, self.record.to_json(), keep, self.saved)
+            self.saved_at = self.record.done
 
     def record_eval(self, results: dict[str, tuple[float, float]]) -> None:
         """Keeps an evaluation of every split (`program.SPLITS`: split -> (mean loss, accuracy)) and its history entry."""
@@ -193,7 +191,8 @@ class _RunHost:
             return losses[-1] if losses else math.nan
         if r.done % cfg.eval_every == 0 or r.done == cfg.steps:
             self.record_eval(self._results(last_eval, sizes))
-        if r.done == cfg.steps or (cfg.checkpoint_every and r.done % cfg.checkpoint_every == 0):
+        scheduled = cfg.checkpoints == "every" and cfg.checkpoint_every and r.done % cfg.checkpoint_every == 0
+        if r.done == cfg.steps or scheduled:
             self.save_checkpoint(state_now())
         return losses[-1] if losses else math.nan
 
@@ -208,14 +207,18 @@ def _index(tree: Any, i: int) -> Any:
 
 
 class _HostStates:
-    """The stacked states of a group, fetched to the host at most once, and only if a run asks."""
+    """The stacked states of a group, fetched to the host at most once, and only if a run asks (to checkpoint it).
+
+    In a multi-process job every process fetches every run's state (`distributed.gather`): each run's checkpoint
+    is one Orbax save that every process takes part in.
+    """
 
     def __init__(self, states: Any):
         self.states, self.host = states, None
 
     def run(self, i: int) -> Any:
         if self.host is None:
-            self.host = jax.device_get(self.states)
+            self.host = distributed.gather(self.states)
         return _index(self.host, i)
 
 
@@ -284,15 +287,23 @@ def train_runs(
 def _train_batch(batch: list[_RunHost], prog: Program, mesh, slots: int, train_data, sets, sizes, on_progress) -> None:
     """Trains a batch of runs at the same step to their end: `slots` run slots per device (`devices.place`)."""
     states, count = devices.place([r.state for r in batch], mesh, slots)
-    data_keys = devices.shard_runs(jnp.stack(devices.fill([r.data_key for r in batch], mesh.size, slots)), mesh)
+    keys = np.stack([np.asarray(jax.random.key_data(k)) for k in devices.fill([r.data_key for r in batch], mesh.size, slots)])
+    data_keys = jax.random.wrap_key_data(devices.shard_runs(keys, mesh))
     at = devices.positions(len(batch), mesh.size, slots)
     cfg = batch[0].cfg
+    host = _HostStates(states)
     while any(r.active for r in batch):
         now = next(r for r in batch if r.active).record.done  # a diverged run's step no longer moves
+        signum = interrupts.requested()  # SIGINT or SIGTERM: every unfinished run checkpoints this step, then stop
+        if signum:
+            for i, run in zip(at, batch, strict=True):
+                if run.active:
+                    run.save_checkpoint(host.run(i))
+            raise Interrupted(signum, f"interrupted at step {now} of {cfg.steps}; rerun the same command to resume")
         n = chunk_end(now, cfg) - now
         states, chunk, first, last_ = prog.group_chunk(n, mesh)(states, *train_data, data_keys, sets, count)
-        # One transfer for every per-layer value and evaluation of every run of the chunk.
-        chunk, first, last_ = jax.device_get((chunk, first, last_))
+        # One transfer for every per-layer value and evaluation of every run of the chunk (to every process).
+        chunk, first, last_ = distributed.gather((chunk, first, last_))
         host = _HostStates(states)
         last = math.nan
         for i, run in zip(at, batch, strict=True):

@@ -471,10 +471,25 @@ def claim_figure(title: str, spec: dict[str, Any]) -> Any:
 
 
 def save(fig: Any, path: str) -> str:
-    """Writes `fig` as PNG and closes it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    """Writes `fig` as PNG (a temporary file renamed when complete) and closes it; process 0 alone in a multi-process job.
+
+    Raises `decay.errors.WriteError`, one line, when it cannot be written.
+    """
+    from decay import distributed
+    from decay.results import write_error
+
+    tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{os.path.basename(path)}")
+    try:
+        if distributed.is_writer():
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+            os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise write_error(path, e) from None
+    finally:
+        plt.close(fig)
     return path
 
 

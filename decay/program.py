@@ -245,6 +245,7 @@ def _code(cfg: RunConfig) -> RunConfig:
         eval_every=1,
         checkpoint_every=0,
         keep_checkpoints=0,
+        checkpoints="every",
         data_seed=0,
         val_fraction=0.0,
         data_dir=None,

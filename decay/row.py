@@ -23,6 +23,7 @@ from decay.layers import resolve_init
 from decay.watcher import main_stack
 
 Row = dict[str, Any]  # one results.jsonl line; keys and meanings in FIELDS
+SCHEMA = 1  # the layout of rows and study configs this decay writes; rows without "schema" are from before it (0)
 
 
 class Field(NamedTuple):
@@ -37,6 +38,7 @@ class Field(NamedTuple):
 _F = Field
 FIELDS: tuple[Field, ...] = (
     _F("name", "str", "basic", "run name: model-d<depth>-activation-norm[-res<scale>]-lr<rate>-s<seed>"),
+    _F("schema", "int", "basic", "layout version of the row (decay.row.SCHEMA); a study resumes only rows of its own"),
     _F("model", "str", "basic", "model family"),
     _F("dataset", "str", "basic", "dataset"),
     _F("task", "str", "basic", "classification, regression or per_position (decay.tasks): what the loss and accuracy mean"),
@@ -202,6 +204,7 @@ def keys_for(tier: str, with_per_sample: bool = True) -> tuple[str, ...]:
 # per probe point or per parameter entry instead of per hidden layer, and the names of both.
 WATCH_FIELDS: tuple[Field, ...] = (
     _F("name", "str", "basic", "the watched run's name"),
+    _F("schema", "int", "basic", "layout version of the row (decay.row.SCHEMA)"),
     _F("kind", "str", "basic", "'watch': a user's model measured by decay.watch"),
     _F("model", "str", "basic", "the model's class, module.qualname"),
     _F("points", "list[str]", "basic", "probe point names in forward order ('[i]': layer i of a scanned stack)"),
@@ -252,6 +255,7 @@ def build_watch(meta: dict[str, Any], record: RunRecord, steps: int, wall_time_s
     points = len(meta["points"])
     row: Row = {
         "name": meta["name"],
+        "schema": SCHEMA,
         "kind": "watch",
         "model": meta["model"],
         "points": list(meta["points"]),
@@ -395,6 +399,7 @@ def build(cfg: RunConfig, dataset: Dataset, record: RunRecord, wall_time_s: floa
     recurrent = fam.sequence
     row = {
         "name": cfg.name,
+        "schema": SCHEMA,
         "model": cfg.model,
         "dataset": cfg.dataset,
         "task": dataset.task,

@@ -101,8 +101,13 @@ class RunWriter:
         gives its `points` (layers x `time_steps`), which name its per-point keys by time step."""
         # tensorboardX's synchronous EventsWriter: SummaryWriter's asynchronous path pickles every
         # event through a multiprocessing queue, which costs more than the training step's statistics.
-        os.makedirs(log_dir, exist_ok=True)
-        self._events = EventsWriter(os.path.join(log_dir, "events"))
+        self._path = os.path.join(log_dir, "events.out.tfevents.*")
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            self._events = EventsWriter(os.path.join(log_dir, "events"))
+        except OSError as e:
+            raise _error(self._path, e) from None
+        self._path = self._events._file_name
         self._depth = depth
         self._tags = {key: [layer_tag(name, l, depth) for l in range(depth)] for key, name in PER_LAYER.items()}
         if time_steps:
@@ -166,9 +171,22 @@ class RunWriter:
         self._write(Summary(value=values), int(step))
 
     def _write(self, summary: Summary, step: int) -> None:
-        self._events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+        try:
+            self._events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+        except OSError as e:
+            raise _error(self._path, e) from None
 
     def close(self) -> None:
         """Flushes and closes the event file."""
-        self._events.flush()
-        self._events.close()
+        try:
+            self._events.flush()
+            self._events.close()
+        except OSError as e:
+            raise _error(self._path, e) from None
+
+
+def _error(path: str, e: OSError):
+    """A failed write of an event file as the one-line `decay.errors.WriteError`."""
+    from decay.results import write_error
+
+    return write_error(path, e)

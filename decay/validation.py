@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from decay.config import RunConfig, SweepConfig
+from decay.config import CHECKPOINT_POLICIES, RunConfig, SweepConfig
 from decay.data import DATASETS, SEQUENCE, TASK_OF
 from decay.errors import ConfigError
 from decay.families import FAMILIES
@@ -17,6 +17,10 @@ from decay.families.rnn import RECURRENT_INITS
 from decay.instruments import TIERS
 from decay.layers import ACTIVATIONS, INITIALIZERS, NORMS
 from decay.optim import OPTIMIZERS
+
+
+INT32_MAX = 2**31 - 1  # the largest step count a run's int32 step counter (and the jitted step's arguments) holds
+MAX_RUNS = 100_000  # the most runs one sweep lists: its grid is materialized as a list of configs before anything runs
 
 
 def _check(ok: bool, message: str) -> None:
@@ -79,7 +83,17 @@ def validate_sweep(cfg: SweepConfig) -> None:
     _check(b.instrument_every >= 1, f"--instrument_every={b.instrument_every}; must be an integer >= 1")
     _check(b.checkpoint_every >= 0, f"--checkpoint_every={b.checkpoint_every}; must be an integer >= 0")
     _check(b.keep_checkpoints >= 1, f"--keep_checkpoints={b.keep_checkpoints}; must be an integer >= 1")
+    _check(
+        b.checkpoints in CHECKPOINT_POLICIES,
+        f"--checkpoints={b.checkpoints!r} is unknown; allowed: {', '.join(CHECKPOINT_POLICIES)}",
+    )
     _check(cfg.seeds >= 1, f"--seeds={cfg.seeds}; must be an integer >= 1")
+    runs = len(cfg.depths) * len(cfg.activations) * len(cfg.norms) * len(cfg.rates) * cfg.seeds
+    _check(
+        runs <= MAX_RUNS,
+        f"--seeds={cfg.seeds}: the sweep would be {runs:,} runs ({len(cfg.depths)} depths x {len(cfg.activations)}"
+        f" activations x {len(cfg.norms)} norms x {len(cfg.rates)} learning rates x {cfg.seeds} seeds); at most {MAX_RUNS:,}",
+    )
     _check(b.data_seed >= 0, f"--data_seed={b.data_seed}; must be an integer >= 0")
     _check(b.weight_var is None or b.weight_var > 0, f"--weight_var={b.weight_var}; must be > 0")
     _check(b.bias_var is None or b.bias_var >= 0, f"--bias_var={b.bias_var}; must be >= 0")
@@ -93,6 +107,9 @@ def validate_sweep(cfg: SweepConfig) -> None:
     if b.dataset in SEQUENCE:
         _check(b.seq_len >= 1, f"--seq_len={b.seq_len}; --dataset={b.dataset} needs a sequence length >= 1")
     _check(b.warmup_steps >= 0, f"--warmup_steps={b.warmup_steps}; must be an integer >= 0")
+    for flag in ("steps", "warmup_steps", "instrument_every"):  # step counts the jitted step compares with its int32 step
+        value = getattr(b, flag)
+        _check(value <= INT32_MAX, f"--{flag}={value}; must be at most {INT32_MAX} (steps are counted in 32-bit integers)")
     _check(b.max_len >= 0, f"--max_len={b.max_len}; must be an integer >= 0 (0: the data's length)")
     family = FAMILIES.get(b.model)
     for n in cfg.norms:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from absl import flags, logging
+from absl import app, flags, logging
 from tqdm import tqdm
 
 from decay.config import RunConfig  # light: imports no JAX
@@ -21,6 +21,29 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     os.path.join(os.path.expanduser("~"), ".cache", "decay", "jax"),
     "Folder of JAX's persistent compilation cache (compiled programs reused by later runs); empty: off.",
 )
+_DISK_CHECK = flags.DEFINE_bool(
+    "disk_check",
+    True,
+    "Refuse to start a study whose estimated writes (checkpoints, events, rows) exceed the workdir disk's free space;"
+    " --nodisk_check starts anyway.",
+)
+# JAX's multi-controller runtime: one process per host (or per GPU), every one given the same command and its own id.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "host:port of process 0 in a multi-process job (default $JAX_COORDINATOR_ADDRESS); every process gives the same.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes",
+    int(os.environ["JAX_NUM_PROCESSES"]) if os.environ.get("JAX_NUM_PROCESSES", "").isdigit() else None,
+    "Processes of a multi-process job (default $JAX_NUM_PROCESSES; none: one process).",
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id",
+    int(os.environ["JAX_PROCESS_ID"]) if os.environ.get("JAX_PROCESS_ID", "").isdigit() else None,
+    "This process's index, 0..num_processes-1 (default $JAX_PROCESS_ID); process 0 writes the study's files.",
+)
+_SHARED = ("cpu_devices", "compilation_cache", "disk_check", "coordinator_address", "num_processes", "process_id")
 
 
 def fail(message: str) -> NoReturn:
@@ -45,10 +68,49 @@ def parse_flags(argv: list[str]) -> list[str]:
             os.makedirs(cache, exist_ok=True)
         except OSError as e:
             fail(f"--compilation_cache={cache} is not a usable folder ({e.strerror}); give a writable folder, or empty for none")
-    from decay import devices  # imports JAX; it must be configured before its first computation
+    n, pid, where = _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value
+    if n is not None and n > 1:
+        if not where or ":" not in where:
+            fail(f"--num_processes={n} needs --coordinator_address=host:port (process 0's host and a free port)")
+        if pid is None or not 0 <= pid < n:
+            fail(f"--process_id={pid}; give this process's index, 0..{n - 1}")
+    elif n is not None and n < 1:
+        fail(f"--num_processes={n}; give an integer >= 1")
+    from decay import devices, distributed, workdir  # imports JAX; it must be configured before its first computation
 
     devices.configure(_CPU_DEVICES.value, _COMPILATION_CACHE.value or None)
+    workdir.configure(_DISK_CHECK.value)
+    try:
+        distributed.initialize(where, n, pid)
+    except Exception as e:  # the coordinator unreachable, a timeout: one line
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        fail(f"--coordinator_address={where}: could not join the {n}-process job as process {pid} ({why})")
     return rest
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` with decay's flag parsing; a stopped study, or a file that cannot be written, is one line.
+
+    Exit status: 2 bad flags or files (`fail`), 1 a write failed (`decay.errors.WriteError`), 130 / 143 stopped by
+    SIGINT / SIGTERM (`decay.errors.Interrupted`: finished rows and checkpoints kept; rerun to resume).
+    """
+
+    def guarded(argv: list[str]) -> None:
+        from decay.errors import Interrupted, WriteError
+
+        try:
+            main(argv)
+        except Interrupted as e:
+            print(f"\n{e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # before or after training: nothing half-written
+            print("\ninterrupted before training started or after it ended; rerun the same command", file=sys.stderr)
+            sys.exit(130)
+        except WriteError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    app.run(guarded, flags_parser=parse_flags)
 
 
 _DEFINE = {"str": flags.DEFINE_string, "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}
@@ -71,7 +133,7 @@ def define_run_flags(
         kind = str(f.type).replace(" | None", "")
         default = (defaults or {}).get(f.name, f.default)
         holders[f.name] = _DEFINE[kind](f.name, default, f.metadata["help"], module_name=module)
-    for name in ("cpu_devices", "compilation_cache"):  # shared here, listed by the entry point's --help too
+    for name in _SHARED:  # shared here, listed by the entry point's --help too
         flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
     return holders
 
@@ -125,7 +187,9 @@ class Progress:
     """Progress of a sweep: live bars on a terminal, one line per run otherwise (CI, pipes)."""
 
     def __init__(self, total: int, quiet: bool):
-        self.quiet = quiet
+        from decay import distributed
+
+        self.quiet = quiet or not distributed.is_writer()  # one process of a multi-process job speaks
         self.live = not quiet and sys.stderr.isatty()
         self.runs = None
         self.steps = None
@@ -144,7 +208,9 @@ class Progress:
     def on_event(self, e) -> None:
         if self.quiet:
             return
-        if e.kind == "start" and self.live:
+        if e.kind == "note":
+            self.line(e.name)
+        elif e.kind == "start" and self.live:
             self.runs.set_description(e.name)
             self.runs.set_postfix_str(f"left ~{fmt_time(e.eta_s)}")
         elif e.kind == "skip":

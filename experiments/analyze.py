@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
-from experiments._cli import fail, parse_flags
+from experiments._cli import fail, run
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A run folder: <workdir>/runs/<run name>.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to analyze; default the latest.")
@@ -84,4 +84,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -18,10 +18,10 @@ import datetime
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from decay.config import DEFAULT_LEARNING_RATES, SweepConfig
-from experiments._cli import Progress, define_run_flags, fail, parse_flags, parse_list, run_config
+from experiments._cli import Progress, define_run_flags, fail, parse_list, run, run_config
 
 _D = SweepConfig()  # the grid's defaults
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/depth_sweep-<timestamp>.")
@@ -84,6 +84,10 @@ def main(argv: list[str]) -> None:
         progress.close()
         fail(str(e))
     progress.close()
+    from decay import distributed
+
+    if not distributed.is_writer():  # one process of a multi-process job speaks
+        return
     print()
     print(summary_table(rows))
     print(f"\n{compiled.summary()}")
@@ -91,4 +95,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

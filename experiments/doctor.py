@@ -16,10 +16,10 @@ import datetime
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from decay.config import DoctorConfig
-from experiments._cli import define_run_flags, fail, fmt_time, parse_flags, parse_list, run_config
+from experiments._cli import define_run_flags, fail, fmt_time, parse_list, run, run_config
 
 _D = DoctorConfig()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/doctor-<timestamp>.")
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from absl import app, flags
+from absl import flags
 
 from decay.errors import ConfigError
 from decay.studies import phase
-from experiments._cli import define_run_flags, fail, parse_flags, run_config
+from experiments._cli import define_run_flags, fail, run, run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/phase_diagram-<timestamp>.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small grid: 6 weight_vars x depths 4..64, 1 seed, 200 steps, width 64.")
@@ -42,7 +42,6 @@ def _numbers(flag: str, values: list[str] | None, kind: type) -> tuple | None:
 
 
 def main(argv: list[str]) -> None:
-    parse_flags(argv)
     quick = _QUICK_GRID if _QUICK.value else {}
     defaults = phase.PhaseConfig()
     pick = lambda flag_value, key, default: flag_value if flag_value is not None else quick.get(key, default)  # noqa: E731
@@ -84,4 +83,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from experiments._cli import fail, parse_flags
+from experiments._cli import fail, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A sweep folder holding results.jsonl.")
 
@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

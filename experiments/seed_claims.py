@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from absl import app, flags
+from absl import flags
 
 from decay.errors import ConfigError
 from decay.studies import claims
-from experiments._cli import define_run_flags, fail, parse_flags
+from experiments._cli import define_run_flags, fail, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/seed_claims-<timestamp>.")
 _QUICK = flags.DEFINE_bool("quick", False, "3 seeds, 150 steps, width 64, deep = 16, smaller grids: a smoke test.")
@@ -31,7 +31,6 @@ _DEEP = flags.DEFINE_integer("deep", None, "Depth at which configurations are co
 
 
 def main(argv: list[str]) -> None:
-    parse_flags(argv)
     cfg = claims.QUICK if _QUICK.value else claims.ClaimsConfig()
     cfg = dataclasses.replace(cfg, dataset=_RUN["dataset"].value, data_dir=_RUN["data_dir"].value)
     for name, flag in (("seeds", _SEEDS), ("steps", _STEPS), ("deep", _DEEP)):
@@ -58,4 +57,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

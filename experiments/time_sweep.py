@@ -20,9 +20,9 @@ import json
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments._cli import Progress, define_run_flags, fail, parse_flags, parse_list, run_config
+from experiments._cli import Progress, define_run_flags, fail, parse_list, run, run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/time_sweep-<timestamp>.")
 _VARIANTS = flags.DEFINE_list(
@@ -89,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

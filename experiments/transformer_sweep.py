@@ -14,9 +14,9 @@ import datetime
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments._cli import Progress, define_run_flags, fail, parse_flags, parse_list, run_config
+from experiments._cli import Progress, define_run_flags, fail, parse_list, run, run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/transformer_sweep-<timestamp>.")
 _BLOCKS = flags.DEFINE_list(
@@ -90,4 +90,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -961,6 +961,7 @@ def run(
     )
     report = os.path.join(workdir, "claims.md")
     results.write_atomic(report, _markdown(cfg, claims, runs))
+    runs.runner.close()  # the workdir's lock
     return report
 
 

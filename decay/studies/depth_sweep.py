@@ -48,8 +48,8 @@ def run_sweep(
     Raises ConfigError for invalid settings, or when `workdir` holds a different sweep.
     """
     check_sweep(cfg)
-    runner = Runner(workdir, cfg.to_json(), cfg.base, run_folders=True, command=command, ignore=SWEPT)
-    rows = runner.run(cfg.runs(), on_event, on_progress)
-    if write_report:
-        report.write_report(workdir)
+    with Runner(workdir, cfg.to_json(), cfg.base, run_folders=True, command=command, ignore=SWEPT) as runner:
+        rows = runner.run(cfg.runs(), on_event, on_progress)
+        if write_report:
+            report.write_report(workdir)
     return rows

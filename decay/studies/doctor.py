@@ -453,6 +453,7 @@ def doctor(
         dataclasses.replace(c, learning_rate=lr, seed=s) for c in sides for lr in cfg.learning_rates for s in range(cfg.seeds)
     ]
     rows = runner.run(runs, on_event, transform=lambda c, r: {**r, "_key": _key(c)})
+    runner.close()  # the workdir's lock: the study's results are in (its report follows from them)
     n = len(cfg.learning_rates) * cfg.seeds
     before = measured(rows[:n])
     entries = []

@@ -111,6 +111,7 @@ def run(cfg: PhaseConfig, workdir: str, on_event: Callable[[Event], None] | None
     dataset = runner.dataset
     drop = lambda c, r: {k: v for k, v in r.items() if k != "loss_history"}  # noqa: E731
     rows = list(runner.run(cfg.runs(), on_event, transform=drop))
+    runner.close()  # the workdir's lock: the study's results are in (its report follows from them)
 
     act = b.activation
     tw = np.linspace(*cfg.theory_weight_vars, 111)

@@ -136,6 +136,7 @@ def run_time_sweep(
     pairs = cfg.runs()
     variant_of = {c.name: v for v, c in pairs}
     rows = runner.run([c for _, c in pairs], on_event, on_progress, transform=lambda c, r: {**r, "variant": variant_of[c.name]})
+    runner.close()  # the workdir's lock: the study's results are in (its report follows from them)
     write_report(workdir, cfg, rows)
     return rows
 

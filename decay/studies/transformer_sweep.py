@@ -135,6 +135,7 @@ def run_transformer_sweep(
         row_key=lambda r: f"{r['part']}/{r['name']}",
     )
     rows = runner.run([*cfg.init_runs(), *cfg.train_runs()], on_event, on_progress, transform=lambda c, r: {**r, "part": part(c)})
+    runner.close()  # the workdir's lock: the study's results are in (its report follows from them)
     write_report(workdir, cfg, rows)
     return rows
 
