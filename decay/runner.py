@@ -196,6 +196,10 @@ class Runner:
 
         `transform(cfg, row)` may add or drop keys before a row is stored.
         """
+        with interrupts.graceful():  # from here on SIGINT/SIGTERM stop at the next chunk boundary, files kept
+            return self._run(cfgs, on_event, on_progress, transform)
+
+    def _run(self, cfgs, on_event, on_progress, transform) -> list[Row]:
         emit = on_event or (lambda e: None)
         total = len(cfgs)
         index = {self.key(c): i for i, c in enumerate(cfgs, 1)}
@@ -226,28 +230,27 @@ class Runner:
             if self.key(c) in self.rows:
                 emit(Event("skip", index[self.key(c)], total, self.key(c), *eta(), None, c))
         n_devices = devices.run_mesh().size
-        with interrupts.graceful():
-            for group in groups.values():
-                # A program's runs in batches that fill every device (`devices.plan`), one executable for all of them.
-                slots = devices.slots_per_device(len(group), n_devices)
-                for start in range(0, len(group), slots * n_devices):
-                    batch = group[start : start + slots * n_devices]
-                    first = min(index[self.key(c)] for c in batch)
-                    for c in batch:
-                        emit(Event("start", index[self.key(c)], total, self.key(c), *eta(), None, c))
-                    try:
-                        rows = self._train(batch, on_progress, slots, choices[program.base_key(batch[0])])
-                    except Interrupted as e:
-                        more = f" (and {len(batch) - 1} more trained alongside)" if len(batch) > 1 else ""
-                        runs = f"run {first}/{total}{more}"
-                        raise Interrupted(e.signum, str(e).replace("interrupted at ", f"interrupted at {runs}, ", 1)) from None
-                    for c, r in zip(batch, rows, strict=True):
-                        if transform is not None:
-                            r = transform(c, r)
-                        results.append_jsonl(self.path, r)
-                        self.rows[self.key(c)] = r
-                        done_cost += cost[self.key(c)]
-                        emit(Event("done", index[self.key(c)], total, self.key(c), *eta(), r, c))
+        for group in groups.values():
+            # A program's runs in batches that fill every device (`devices.plan`), one executable for all of them.
+            slots = devices.slots_per_device(len(group), n_devices)
+            for start in range(0, len(group), slots * n_devices):
+                batch = group[start : start + slots * n_devices]
+                first = min(index[self.key(c)] for c in batch)
+                for c in batch:
+                    emit(Event("start", index[self.key(c)], total, self.key(c), *eta(), None, c))
+                try:
+                    rows = self._train(batch, on_progress, slots, choices[program.base_key(batch[0])])
+                except Interrupted as e:
+                    more = f" (and {len(batch) - 1} more trained alongside)" if len(batch) > 1 else ""
+                    runs = f"run {first}/{total}{more}"
+                    raise Interrupted(e.signum, str(e).replace("interrupted at ", f"interrupted at {runs}, ", 1)) from None
+                for c, r in zip(batch, rows, strict=True):
+                    if transform is not None:
+                        r = transform(c, r)
+                    results.append_jsonl(self.path, r)
+                    self.rows[self.key(c)] = r
+                    done_cost += cost[self.key(c)]
+                    emit(Event("done", index[self.key(c)], total, self.key(c), *eta(), r, c))
         if todo:
             note(f"disk: wrote {workdir_lib.human(max(workdir_lib.usage(self.workdir) - before, 0))} to {self.workdir}")
         return [self.rows[self.key(c)] for c in cfgs]

@@ -48,6 +48,8 @@ def main(argv: list[str]) -> None:
     print(f"doctor: {base.activation}, norm {base.norm}, depth {base.depth} -> {workdir}", flush=True)
 
     def on_event(e) -> None:
+        if e.kind == "note":  # the disk estimate, what was written, a lock taken over
+            print(f"  {e.name}", flush=True)
         if e.kind == "done":
             print(f"  [{e.index}/{e.total}] trained, elapsed {fmt_time(e.elapsed_s)}, left ~{fmt_time(e.eta_s)}", flush=True)
 

@@ -63,7 +63,9 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or f"runs/phase_diagram-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
     def on_event(e):
-        if e.kind == "start":
+        if e.kind == "note":  # the disk estimate, what was written, a lock taken over
+            print(e.name, flush=True)
+        if e.kind in ("start", "note"):
             return
         row, run_cfg = e.row, e.config
         what = "already done" if row is None else f"test accuracy {100 * (row['test_accuracy'] or 0):.1f}%"

@@ -25,12 +25,12 @@ import pytest
 
 from decay import checkpoints, workdir
 from decay.analysis import load_run
-from decay.config import SweepConfig
+from decay.config import RunConfig, SweepConfig
 from decay.errors import ConfigError, Interrupted, WriteError
 from decay.results import read_jsonl
 from decay.studies.depth_sweep import run_sweep
 from tests.conftest import ROOT, tiny_config, without_wall_time
-from tests.shell import call, scratch, shell
+from tests.shell import call, scratch
 
 # Two runs of two programs (depths 2 and 3): the first finishes before the second starts.
 SWEEP = SweepConfig(
@@ -118,35 +118,35 @@ _CLI = [
     "--seeds=1",
     "--width=8",
     "--batch_size=16",
-    "--steps=3000",
-    "--eval_every=100",
+    "--steps=50",
+    "--eval_every=10",
     "--dataset=synthetic",
     "--compilation_cache=",
     "--instruments=basic",
 ]
 
 
-def test_ctrl_c_on_the_command_line_exits_130_with_one_line_and_keeps_the_finished_row(tmp_path):
+def test_ctrl_c_on_the_command_line_exits_130_with_one_line_and_a_checkpoint(tmp_path):
+    """(SIGTERM, exit 143, takes the same path: `test_sigterm_stops_at_the_next_chunk...` and `decay.errors.Interrupted`.)"""
     path = str(tmp_path / "sweep")
     cmd = [sys.executable, "-m", "experiments.depth_sweep", f"--workdir={path}", *_CLI]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for line in proc.stdout:  # the first run's row is written; the second run compiles, then trains 3000 steps
-            if line.startswith("[1/2]"):
+        for line in proc.stdout:  # the study has started (the disk line): the signal arrives as it compiles
+            if line.startswith("disk:"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted at run 2/2, step ") and last.endswith("; rerun the same command to resume"), err
-    assert "Traceback" not in err
-    rows = read_jsonl(os.path.join(path, "results.jsonl"))
-    assert [r["name"] for r in rows] == ["mlp-d0002-tanh-none-lr0.1-s0"]  # the finished run, whole
-    step = int(last.split("step ")[1].split(" ")[0])
-    ckpt = os.path.join(path, "runs", "mlp-d0003-tanh-none-lr0.1-s0", "checkpoints")
-    assert 0 <= step < 3000 and checkpoints.steps(ckpt)[-1] == step  # the unfinished run checkpointed where it stopped
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "interrupted at run 1/2, step 0 of 50; rerun the same command to resume", err
+    assert (
+        lines[-2] == "Ctrl-C (SIGINT): stopping after this chunk of steps, checkpoints and rows kept; Ctrl-C again stops at once"
+    )
+    assert "Traceback" not in err and not os.path.exists(os.path.join(path, "results.jsonl"))
+    assert checkpoints.steps(os.path.join(path, "runs", "mlp-d0002-tanh-none-lr0.1-s0", "checkpoints")) == [0]
 
 
 _WRITER = """
@@ -383,7 +383,15 @@ _MULTI = [
     "--compilation_cache=",
     "--quiet",
 ]
-_ONE_PROCESS = shell("experiments.depth_sweep", f"--workdir={scratch('one_process')}", *_MULTI, "--cpu_devices=2", heavy=True)
+# The same sweep as a SweepConfig, for the one-process reference trained in this process.
+MULTI_SWEEP = SweepConfig(
+    base=RunConfig(width=8, steps=6, eval_every=3, checkpoint_every=3, batch_size=32, dataset="synthetic", learning_rate=0.1),
+    depths=(2,),
+    activations=("tanh", "relu"),
+    norms=("none",),
+    seeds=1,
+    learning_rates=(0.1,),
+)
 
 
 def two_processes_in_background(out_dir: str) -> None:
@@ -430,9 +438,9 @@ _TWO_PROCESSES = call("tests.test_reliability:two_processes_in_background", scra
 
 
 @pytest.mark.background
-def test_a_sweep_over_two_processes_gives_the_rows_of_one_process_and_each_writes_its_runs_checkpoints():
-    one = _ONE_PROCESS()
-    assert one.returncode == 0, one.stderr
+def test_a_sweep_over_two_processes_gives_the_rows_and_checkpoints_of_one_process(tmp_path):
+    one = str(tmp_path / "one_process")
+    run_sweep(MULTI_SWEEP, one, write_report=False)
     assert _TWO_PROCESSES().returncode == 0, _TWO_PROCESSES().stderr
     job = json.loads((scratch("two_processes") / "processes.json").read_text())
     for i, p in enumerate(job["processes"]):
@@ -440,11 +448,11 @@ def test_a_sweep_over_two_processes_gives_the_rows_of_one_process_and_each_write
     outs = [p["stdout"] for p in job["processes"]]
     assert "| depth |" in outs[0] and "| depth |" not in outs[1] and "results:" not in outs[1]  # process 0 speaks
     two = str(scratch("two_processes") / "sweep")
-    assert _rows(two) == _rows(str(scratch("one_process"))) and len(_rows(two)) == 2
+    assert _rows(two) == _rows(one) and len(_rows(two)) == 2
 
     # Every process took part in each checkpoint's save (Orbax's multi-process protocol): the same checkpoints.
     for name in os.listdir(os.path.join(two, "runs")):
-        ckpts = [os.path.join(w, "runs", name, "checkpoints") for w in (two, str(scratch("one_process")))]
+        ckpts = [os.path.join(w, "runs", name, "checkpoints") for w in (two, one)]
         assert checkpoints.steps(ckpts[0]) == checkpoints.steps(ckpts[1]) == [0, 3, 6]
         states = [load_run(os.path.dirname(c), step=6).state for c in ckpts]
         assert all(np.array_equal(a, b) for a, b in zip(*(jax.tree.leaves(s) for s in states), strict=True)), name
