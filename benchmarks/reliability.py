@@ -71,11 +71,18 @@ def _cmd(workdir: str, *extra: str) -> list[str]:
 
 
 def _rows(workdir: str) -> list[dict]:
+    """The whole rows of `workdir`'s results.jsonl (a damaged line is not a row), less wall_time_s."""
     path = os.path.join(workdir, "results.jsonl")
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"} for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append({k: v for k, v in json.loads(line).items() if k != "wall_time_s"})
+            except ValueError:
+                pass
+    return rows
 
 
 def _last_line(text: str) -> str:
@@ -163,6 +170,7 @@ class Faults:
         time.sleep(2.0)
         proc.kill()
         proc.wait()
+        after = len(_rows(w))
         rerun = subprocess.run(_cmd(w), cwd=ROOT, capture_output=True, text=True, timeout=900)
         took_over = next((line for line in rerun.stdout.splitlines() if "took over the lock" in line), "")
         self.results.append(
@@ -171,8 +179,8 @@ class Faults:
                 "exit": -9,
                 "line": took_over,
                 "rows_before": 1,
-                "rows_after": 1,
-                "rows_lost": 0,
+                "rows_after": after,
+                "rows_lost": max(1 - after, 0),
                 "remedy": None,
                 "equal_after_rerun": rerun.returncode == 0 and _rows(w) == self.reference,
             }
@@ -206,7 +214,7 @@ class Faults:
 
     def write_error(self, site: str) -> None:
         """ENOSPC at the second run's write of `site`, injected in a child that runs the sweep's command."""
-        w = os.path.join(self.tmp, f"enospc_{site}")
+        w = os.path.join(self.tmp, f"enospc_{site.split()[0].lower()}")
         code = _INJECT.format(site=site, second=SECOND, workdir=w, argv=json.dumps(SWEEP))
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
         self.record(f"ENOSPC writing the {site}", w, 1, out.returncode, _last_line(out.stderr))
@@ -299,6 +307,7 @@ def faults(out: dict) -> None:
     tmp = tempfile.mkdtemp(prefix="decay-faults-")
     try:
         f = Faults(tmp)
+        out["workdirs"] = tmp
         f.killed_then_lock()
         f.signal_during_second_run("Ctrl-C once", signal.SIGINT)
         f.signal_during_second_run("SIGTERM (a batch scheduler)", signal.SIGTERM)
@@ -309,6 +318,8 @@ def faults(out: dict) -> None:
             f.write_error(site)
         for what in ("truncated last row", "row of an older schema", "config.json not JSON", "checkpoint data files lost"):
             f.damaged(what)
+        for r in f.results:  # the folders as W: the temporary prefix is this run's
+            r["line"] = r["line"].replace(tmp + os.sep, "W/").replace(tmp, "W")
         out["faults"] = f.results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -347,7 +358,7 @@ def processes(out: dict) -> None:
             codes = [p.wait(timeout=900) for p in job]
             two_s.append(time.perf_counter() - t0)
             equal.append(codes == [0, 0] and _rows(w1) == _rows(w2) and len(_rows(w1)) == 8)
-            print(f"repeat {r}: 1 process x 2 devices {one_s[-1]:.1f} s, 2 processes x 1 device {two_s[-1]:.1f} s, rows equal {equal[-1]}")
+            print(f"repeat {r}: 1 process x 2 devices {one_s[-1]:.1f} s, 2 x 1 {two_s[-1]:.1f} s, rows equal {equal[-1]}")
         out["processes"] = {
             "runs": 8,
             "one_process_two_devices_s": statistics.median(one_s),
@@ -363,7 +374,8 @@ def table(out: dict) -> str:
     lines = ["| fault | what happened | rows lost | equal after rerun |", "|---|---|---:|---|"]
     for f in out.get("faults", []):
         eq = "-" if f["equal_after_rerun"] is None else ("yes" if f["equal_after_rerun"] else "NO")
-        what = f"exit {f['exit']}: {f['line']}".replace("|", "\\|")
+        code = "killed by the signal" if f["exit"] < 0 else f"exit {f['exit']}"
+        what = f"{code}: `{f['line']}`".replace("|", "\\|")
         lines.append(f"| {f['fault']} | {what} | {f['rows_lost']} | {eq} |")
     p = out.get("processes")
     if p:

@@ -140,7 +140,9 @@ class Runner:
         try:
             os.makedirs(workdir, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--workdir={workdir} cannot be created: {e.strerror}") from None
+            raise ConfigError(f"--workdir={workdir!r} cannot be created: {e.strerror}") from None
+        except RecursionError:
+            raise ConfigError(f"--workdir has {workdir.count(os.sep)} folder levels; give a shorter path") from None
         self._lock, note = workdir_lib.lock(workdir, command)
         if note:
             self.notes.append(note)
@@ -266,11 +268,13 @@ class Runner:
         )
 
     def _check_disk(self, todo: list[RunConfig]) -> str:
-        """The line that says what `todo` will write; ConfigError when it exceeds the disk's free space."""
+        """The line that says what `todo` will write; ConfigError when it exceeds the disk's free space, or when one
+        run would not fit in a device's memory (before anything is allocated)."""
         shapes = {}
         for c in todo:
             ds, _ = self.data_for(c)
             shapes[c.seq_len] = (tuple(ds.x_train.shape[1:]), ds.num_classes)
+        workdir_lib.check_memory(todo, shapes)
         parts = workdir_lib.estimate(todo, shapes, self.run_folders)
         needed = sum(parts.values())
         distributed.writer_first(lambda: workdir_lib.check_space(self.workdir, needed), f"--workdir={self.workdir}")

@@ -567,9 +567,9 @@ def _recursion(moments, q, weight_var, bias_var, depth, alpha):
             m, big_q, a = ey, ey2, dd
             log_pass.append(np.log(weight_var * a))
         else:
-            big_q = big_q + 2 * alpha * m * ey + alpha**2 * ey2
+            big_q = big_q + 2 * alpha * m * ey + alpha * alpha * ey2  # (alpha * alpha: inf, not OverflowError, at huge alpha)
             m = m + alpha * ey
-            a = alpha**2 * dd
+            a = alpha * alpha * dd
             log_pass.append(np.log1p(weight_var * a))
         log_a.append(np.log(a))
     return np.stack(log_a), np.stack(log_pass)

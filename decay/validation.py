@@ -18,7 +18,6 @@ from decay.instruments import TIERS
 from decay.layers import ACTIVATIONS, INITIALIZERS, NORMS
 from decay.optim import OPTIMIZERS
 
-
 INT32_MAX = 2**31 - 1  # the largest step count a run's int32 step counter (and the jitted step's arguments) holds
 MAX_RUNS = 100_000  # the most runs one sweep lists: its grid is materialized as a list of configs before anything runs
 

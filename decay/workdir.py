@@ -156,7 +156,7 @@ def usage(path: str) -> int:
 
 def human(n: float) -> str:
     """Bytes for a person: 812 kB, 79.1 MB, 1.2 GB."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{int(n)} B"
@@ -205,6 +205,42 @@ def _values_per_step(cfg, shape: tuple[int, ...]) -> tuple[int, int]:
     return scalars, kernels if cfg.histograms else 0
 
 
+def state_bytes(cfg, shape: tuple[int, ...], classes: int) -> tuple[int, int]:
+    """(every array of a run's state, all but the optimizer's) in bytes, from its structure alone (nothing allocated)."""
+    import jax
+
+    from decay import program
+
+    template = program._plain_template(cfg, shape, classes)
+    whole = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(template))
+    return whole, whole - sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(template.opt_state))
+
+
+def memory_bytes() -> int:
+    """Memory of one device: an accelerator's limit, or the host's RAM for a CPU device."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]]) -> None:
+    """Raises ConfigError (one line) when one run's state, twice over (it and its gradients), exceeds a device's memory."""
+    biggest, worst = 0, None
+    for c in cfgs:
+        whole = state_bytes(c, *shapes[c.seq_len])[0]
+        if whole > biggest:
+            biggest, worst = whole, c
+    memory = memory_bytes()
+    if worst is not None and 2 * biggest > memory:
+        raise ConfigError(
+            f"--width={worst.width} --depth={worst.depth}: one run's parameters and optimizer state take {human(biggest)};"
+            f" training needs at least twice that, more than a device's {human(memory)}; give a smaller --width or --depths"
+        )
+
+
 def estimate(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]], run_folders: bool) -> dict[str, int]:
     """Bytes the runs `cfgs` will write: {"checkpoints", "TensorBoard", "rows"} (the first two only with run folders).
 
@@ -213,8 +249,6 @@ def estimate(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]], run
     policy keeps (`checkpoints_kept`), plus Orbax's metadata; events: the scalars of every logged step
     (`_values_per_step`) and the evaluations; rows: the per-layer lists and the loss history.
     """
-    import jax
-
     from decay import program
 
     out = {"checkpoints": 0.0, "TensorBoard": 0.0, "rows": 0.0}
@@ -226,11 +260,9 @@ def estimate(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]], run
         out["rows"] += ROW_BYTES + ROW_VALUE * scalars + ROW_LOGGED * logged
         if not run_folders:
             continue
-        key = (program.base_key(c), c.activation, c.norm, shape, classes)
+        key = (program.base_key(c), c.norm, shape, classes)  # the activation changes no shape
         if key not in arrays:  # (every array, all but the optimizer's: zeros at step 0, which the files compress away)
-            template = program._plain_template(c, shape, classes)
-            sizes = [leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(template)]
-            arrays[key] = (sum(sizes), sum(sizes) - sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(template.opt_state)))
+            arrays[key] = state_bytes(c, shape, classes)
         kept = checkpoints_kept(c.steps, c.checkpoint_every, c.keep_checkpoints, c.checkpoints)
         whole, first = arrays[key]
         out["checkpoints"] += (first + max(kept - 1, 0) * whole + kept * CHECKPOINT_OVERHEAD) if kept else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -52,12 +53,23 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _flag_error(text: str) -> str:
+    """absl's parse error as one line that names the flag."""
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    unknown = re.match(r"Unknown command line flag '([^']*)'", text)
+    if unknown:
+        return f"--{unknown.group(1)} is not a flag of this command (see --helpshort)"
+    if "flagfile" in text.lower() and "--" not in text:
+        return f"--flagfile: {text.replace('ERROR::', '').strip()}"
+    return text if "--" in text else f"a flag: {text}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag value is one line on stderr; JAX's info logs stay quiet."""
     try:
         rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e))
+    except (flags.Error, ValueError) as e:  # absl raises ValueError for some values (e.g. --noquiet=1)
+        fail(_flag_error(str(e)))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on a CPU machine
     if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
