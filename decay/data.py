@@ -168,7 +168,7 @@ def _find(data_dir: str | None, flag_dataset: str, names: list[str]) -> list[str
         raise ConfigError(f"--dataset={flag_dataset} reads local files: set --data_dir to a folder with {expected}")
     if not os.path.isdir(data_dir):
         raise ConfigError(
-            _one_line(f"--data_dir={data_dir!r} is not a folder; --dataset={flag_dataset} expects it to hold {expected}")
+            _one_line(f"--data_dir={data_dir} is not a folder; --dataset={flag_dataset} expects it to hold {expected}")
         )
     found, missing = [], []
     for name in names:

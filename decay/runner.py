@@ -140,7 +140,8 @@ class Runner:
         try:
             os.makedirs(workdir, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--workdir={workdir!r} cannot be created: {e.strerror}") from None
+            shown = workdir.replace("\n", "\\n")  # one line, whatever the path holds
+            raise ConfigError(f"--workdir={shown} cannot be created: {e.strerror}") from None
         except RecursionError:
             raise ConfigError(f"--workdir has {workdir.count(os.sep)} folder levels; give a shorter path") from None
         self._lock, note = workdir_lib.lock(workdir, command)
