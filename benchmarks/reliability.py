@@ -187,19 +187,22 @@ class Faults:
         )
         print(f"kill -9: rerun says {took_over!r}; equal: {self.results[-1]['equal_after_rerun']}", flush=True)
 
-    def disk_too_small(self) -> None:
-        w = os.path.join(self.tmp, "disk")
-        big = [a if not a.startswith("--width") else "--width=60000" for a in SWEEP]
+    def refused_before_training(self, fault: str, name: str, flags: list[str]) -> None:
+        """A sweep refused before it trains: `flags` replace the sweep's own of the same name."""
+        w = os.path.join(self.tmp, name)
+        names = {f.split("=")[0] for f in flags}
+        args = [a for a in SWEEP if a.split("=")[0] not in names] + flags
         out = subprocess.run(
-            [sys.executable, "-m", "experiments.depth_sweep", f"--workdir={w}", *big, "--depths=32"],
+            [sys.executable, "-m", "experiments.depth_sweep", f"--workdir={w}", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=900,
         )
+        written = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(w) for f in fs)
         self.results.append(
             {
-                "fault": "a sweep larger than the free disk (--width=60000 --depths=32)",
+                "fault": fault,
                 "exit": out.returncode,
                 "line": _last_line(out.stderr),
                 "rows_before": 0,
@@ -207,10 +210,10 @@ class Faults:
                 "rows_lost": 0,
                 "remedy": None,
                 "equal_after_rerun": None,
-                "bytes_written": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(w) for f in fs),
+                "bytes_written": written,
             }
         )
-        print(f"disk: exit {out.returncode}: {_last_line(out.stderr)}", flush=True)
+        print(f"{fault}: exit {out.returncode}: {_last_line(out.stderr)}; {written} bytes written", flush=True)
 
     def write_error(self, site: str) -> None:
         """ENOSPC at the second run's write of `site`, injected in a child that runs the sweep's command."""
@@ -313,7 +316,13 @@ def faults(out: dict) -> None:
         f.signal_during_second_run("SIGTERM (a batch scheduler)", signal.SIGTERM)
         f.signal_during_second_run("Ctrl-C twice", signal.SIGINT, twice=True)
         f.second_writer()
-        f.disk_too_small()
+        f.refused_before_training(
+            "a sweep larger than the free disk (width 4096, depth 32, 6 seeds)",
+            "disk",
+            ["--width=4096", "--depths=32", "--seeds=6"],
+        )
+        big = ["--width=60000", "--depths=32"]
+        f.refused_before_training("one run larger than memory (width 60000, depth 32)", "memory", big)
         for site in ("rows", "TensorBoard events", "checkpoint"):
             f.write_error(site)
         for what in ("truncated last row", "row of an older schema", "config.json not JSON", "checkpoint data files lost"):

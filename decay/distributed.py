@@ -34,6 +34,16 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s)
 
 
+def joined() -> bool:
+    """Whether this process belongs to a multi-process job (`initialize` ran), known without starting JAX's backend."""
+    try:
+        from jax._src.distributed import global_state
+
+        return global_state.client is not None
+    except (ImportError, AttributeError):
+        return jax.process_count() > 1
+
+
 def count() -> int:
     """Processes of the job (1 without `jax.distributed`)."""
     return jax.process_count()
@@ -67,14 +77,15 @@ def agree_max(value: int) -> int:
 
 
 def writer_first(fn, what: str) -> None:
-    """Runs `fn` on process 0 alone; a ConfigError it raises is raised on every process (the others' line names `what`)."""
+    """Runs `fn` on process 0 alone; if it raises, every process raises (process 0 its error, the others a ConfigError
+    naming `what`), so that none waits in a collective for a process that left."""
     from decay.errors import ConfigError
 
     failed = None
     if is_writer():
         try:
             fn()
-        except ConfigError as e:
+        except BaseException as e:  # whatever it is, the others must not wait for process 0 for ever
             failed = e
     if agree_max(int(failed is not None)):
         raise failed or ConfigError(f"{what}: process 0 stopped (its error line says why)")

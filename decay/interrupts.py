@@ -20,7 +20,6 @@ import contextlib
 import os
 import select
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -41,7 +40,7 @@ def _take(data: bytes) -> None:
         if signum in SIGNALS:
             _count += 1
             if _count >= 2:
-                print(f"\n{_NAMES[signum]} again: stopped at once", file=sys.stderr, flush=True)
+                os.write(2, f"\n{_NAMES[signum]} again: stopped at once\n".encode())
                 os._exit(128 + signum)  # files are written whole or not at all (temporary names, renames)
 
 
@@ -61,11 +60,10 @@ def _handler(signum: int, frame) -> None:
     for s in SIGNALS:  # a second signal: the default action, at once
         signal.signal(s, signal.SIG_DFL)
     again = "Ctrl-C again" if signum == signal.SIGINT else "the signal again"
-    print(
-        f"\n{_NAMES.get(signum, signum)}: stopping after this chunk of steps, checkpoints and rows kept; {again} stops at once",
-        file=sys.stderr,
-        flush=True,
+    line = (
+        f"\n{_NAMES.get(signum, signum)}: stopping after this chunk of steps, checkpoints and rows kept; {again} stops at once\n"
     )
+    os.write(2, line.encode())  # not print: the main thread may be inside a write to stderr (a progress bar)
 
 
 def _watch(read_fd: int) -> None:

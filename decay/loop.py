@@ -93,6 +93,8 @@ class _RunHost:
     def save_checkpoint(self, state) -> None:
         """Checkpoints `state` at the record's step (policy `cfg.checkpoints`: `every` keeps the newest
         `keep_checkpoints` besides step 0, `ends` only step 0 and the newest, `none` writes nothing)."""
+        if self.writer:
+            self.writer.flush()
         if self.ckpt_dir and self.saved_at != self.record.done:
             keep = self.cfg.keep_checkpoints if self.cfg.checkpoints == "every" else 1
             self.checkpoints.save(self.ckpt_dir, self.record.done, state, self.data_key, self.record.to_json(), keep, self.saved)

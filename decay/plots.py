@@ -9,6 +9,7 @@ crosses (NaN) instead.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -478,14 +479,17 @@ def save(fig: Any, path: str) -> str:
     from decay import distributed
     from decay.results import write_error
 
-    tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{os.path.basename(path)}")
+    tmp = None
     try:
         if distributed.is_writer():
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
+            os.close(fd)
             fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         raise write_error(path, e) from None
     finally:

@@ -69,6 +69,10 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any], ignore: Sequence[str
     return diffs
 
 
+# Settings a study may change when it is resumed: they change which files are kept, never a number.
+RESUMABLE = ("base.checkpoints", "checkpoints")
+
+
 def _cost(cfg: RunConfig, compiles: bool) -> float:
     # Relative cost of a run for the ETA, in units of one layer x 300 steps (~0.07 s on a
     # 2-core CPU at width 128): the first run of a program also pays for compilation (~25 units).
@@ -107,7 +111,7 @@ class Runner:
         self._lock: workdir_lib.Lock | None = None
         try:  # process 0 of a multi-process job opens the workdir; the others read it
             distributed.writer_first(lambda: self._open(settings, command, ignore), f"--workdir={workdir}")
-        except ConfigError:
+        except BaseException:
             self.close()
             raise
         self.device_data = loop.upload(self.dataset)
@@ -118,7 +122,7 @@ class Runner:
         except KeyError as e:
             self.close()
             raise ConfigError(f"{self.path}: a row lacks {e}; delete that line to retrain its run, or restore the file") from None
-        except ConfigError:
+        except BaseException:
             self.close()
             raise
         self.t0 = time.perf_counter()
@@ -168,6 +172,7 @@ class Runner:
                 " finish that study with the decay that wrote it, or give a new --workdir"
             )
         old = {k: v for k, v in stored.items() if k not in ("command", "schema")}
+        ignore = (*ignore, *RESUMABLE)
         missing = sorted(set(_flatten(settings)) - set(_flatten(old)) - set(ignore))
         if missing:
             raise ConfigError(
@@ -256,6 +261,9 @@ class Runner:
                     emit(Event("done", index[self.key(c)], total, self.key(c), *eta(), r, c))
         if todo:
             note(f"disk: wrote {workdir_lib.human(max(workdir_lib.usage(self.workdir) - before, 0))} to {self.workdir}")
+        signum = interrupts.requested()  # a signal during the last chunk or the rows' writing: stop here, every row kept
+        if signum:
+            raise Interrupted(signum, f"interrupted after run {total}/{total}, every row kept; rerun the same command to go on")
         return [self.rows[self.key(c)] for c in cfgs]
 
     def _train(self, batch: list[RunConfig], on_progress, slots: int, choices) -> list[Row]:
@@ -275,7 +283,7 @@ class Runner:
         for c in todo:
             ds, _ = self.data_for(c)
             shapes[c.seq_len] = (tuple(ds.x_train.shape[1:]), ds.num_classes)
-        workdir_lib.check_memory(todo, shapes)
+        distributed.writer_first(lambda: workdir_lib.check_memory(todo, shapes), "a run's memory")
         parts = workdir_lib.estimate(todo, shapes, self.run_folders)
         needed = sum(parts.values())
         distributed.writer_first(lambda: workdir_lib.check_space(self.workdir, needed), f"--workdir={self.workdir}")

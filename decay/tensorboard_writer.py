@@ -176,6 +176,13 @@ class RunWriter:
         except OSError as e:
             raise _error(self._path, e) from None
 
+    def flush(self) -> None:
+        """Writes the buffered events to the file (with each checkpoint: a killed run loses no logged step before it)."""
+        try:
+            self._events.flush()
+        except OSError as e:
+            raise _error(self._path, e) from None
+
     def close(self) -> None:
         """Flushes and closes the event file."""
         try:

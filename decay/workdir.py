@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -55,7 +56,11 @@ class Lock:
             raise ConfigError(f"--workdir={self.workdir}: cannot create its lock file {self.path} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a filesystem without flock (Lustre, ...)
+                os.close(fd)
+                why = e.strerror
+                return f"--workdir={self.workdir}: its filesystem has no file locks ({why}); nothing stops a second sweep here"
             holder = _describe(_read(fd))
             os.close(fd)
             raise ConfigError(
@@ -71,8 +76,15 @@ class Lock:
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": command,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as e:  # a full disk or quota: give the lock back, one line
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            from decay.results import write_error
+
+            raise write_error(self.path, e) from None
         self.fd, self.users = fd, 1
         return note
 
@@ -176,7 +188,8 @@ def check_space(workdir: str, needed: int) -> None:
     if _DISK_CHECK[0] and needed > free:
         raise ConfigError(
             f"--workdir={workdir}: this study will write about {human(needed)} but its disk has {human(free)} free;"
-            " free space, choose --checkpoints=ends or none, or pass --nodisk_check to start anyway"
+            " free space, keep fewer checkpoints (--checkpoints=ends or none where the command has it), or pass --nodisk_check"
+            " to start anyway"
         )
 
 
@@ -223,7 +236,10 @@ def memory_bytes() -> int:
     stats = jax.local_devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return 2**62
 
 
 def check_memory(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]]) -> None:

@@ -100,29 +100,50 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def run(main) -> None:
-    """`absl.app.run(main)` with decay's flag parsing; a stopped study, or a file that cannot be written, is one line.
-
-    Exit status: 2 bad flags or files (`fail`), 1 a write failed (`decay.errors.WriteError`), 130 / 143 stopped by
-    SIGINT / SIGTERM (`decay.errors.Interrupted`: finished rows and checkpoints kept; rerun to resume).
+def guard(main):
+    """`main` whose stopped study, or file that cannot be written, ends in one line and an exit status:
+    2 bad flags or files (`fail`), 1 a write failed (`decay.errors.WriteError`), 130 / 143 stopped by SIGINT /
+    SIGTERM (`decay.errors.Interrupted`: finished rows and checkpoints kept; rerun to resume). In a multi-process
+    job an error leaves at once (os._exit): JAX's shutdown would wait for the other processes, which wait for this one.
     """
 
     def guarded(argv: list[str]) -> None:
         from decay.errors import Interrupted, WriteError
 
+        code, line = None, None
         try:
             main(argv)
         except Interrupted as e:
-            print(f"\n{e}", file=sys.stderr, flush=True)
-            sys.exit(e.exit_code)
+            code, line = e.exit_code, f"\n{e}"
         except KeyboardInterrupt:  # before or after training: nothing half-written
-            print("\ninterrupted before training started or after it ended; rerun the same command", file=sys.stderr)
-            sys.exit(130)
+            code, line = 130, "\ninterrupted before training started or after it ended; rerun the same command"
         except WriteError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            code, line = 1, f"error: {e}"
+        except SystemExit as e:
+            if not _joined():
+                raise
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code is None:
+            return
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
+        if _joined() and code != 0:
+            sys.stdout.flush()
+            os._exit(code)
+        sys.exit(code)
 
-    app.run(guarded, flags_parser=parse_flags)
+    return guarded
+
+
+def _joined() -> bool:
+    from decay import distributed
+
+    return distributed.joined()
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` with decay's flag parsing and `guard`."""
+    app.run(guard(main), flags_parser=parse_flags)
 
 
 _DEFINE = {"str": flags.DEFINE_string, "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}

@@ -83,6 +83,10 @@ def main(argv: list[str]) -> None:
         progress.close()
         fail(str(e))
     progress.close()
+    from decay import distributed
+
+    if not distributed.is_writer():  # process 0 wrote the study's files and speaks
+        return
     with open(f"{workdir}/time.json") as f:
         findings = "\n".join(json.load(f)["findings"])
     print(f"\n{findings}\n\nreport: {workdir}/report.md\nTensorBoard: tensorboard --logdir {workdir}/tb")

@@ -84,6 +84,10 @@ def main(argv: list[str]) -> None:
         progress.close()
         fail(str(e))
     progress.close()
+    from decay import distributed
+
+    if not distributed.is_writer():  # process 0 wrote the study's files and speaks
+        return
     with open(f"{workdir}/report.md") as f:
         found = f.read().split("## Findings", 1)[1].split("##", 1)[0].strip()
     print(f"\n{found}\n\nreport: {workdir}/report.md")

@@ -258,22 +258,10 @@ class Outcome(NamedTuple):
 
 def _call_main(argv: list[str]) -> int | None:
     """`experiments._cli.run(depth_sweep.main)` minus absl's app.run: the exit status, None when main returned."""
-    from decay.errors import Interrupted, WriteError
     from experiments import _cli, depth_sweep
 
     try:
-        rest = _cli.parse_flags(argv)
-        try:
-            depth_sweep.main(rest)
-        except Interrupted as e:
-            print(f"\n{e}", file=sys.stderr, flush=True)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print("\ninterrupted before training started or after it ended; rerun the same command", file=sys.stderr)
-            return 130
-        except WriteError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            return 1
+        _cli.guard(depth_sweep.main)(_cli.parse_flags(argv))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return None

@@ -110,6 +110,21 @@ def test_sigterm_stops_at_the_next_chunk_with_a_checkpoint_and_the_rerun_gives_t
     assert without_wall_time(run_sweep(SWEEP, path, write_report=False)) == reference[1]
 
 
+def test_a_signal_in_the_last_chunk_stops_the_study_after_its_rows_are_written(tmp_path, reference):
+    path = str(tmp_path / "sweep")
+    chunks = []
+
+    def on_progress(p):  # the last of the six chunks: nothing is left to checkpoint, the rows are written, then stop
+        chunks.append(p.step)
+        if len(chunks) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        run_sweep(SWEEP, path, on_progress=on_progress, write_report=False)
+    assert _one_line(stopped.value) == "interrupted after run 2/2, every row kept; rerun the same command to go on"
+    assert stopped.value.exit_code == 130 and _rows(path) == reference[1]
+
+
 _CLI = [
     "--depths=2,3",
     "--activations=tanh",
