@@ -75,9 +75,8 @@ def save(
             for old in steps[:-keep] if keep > 0 else steps:
                 if old != 0 and old != step:
                     mngr.delete(old)
-    except (
-        Exception
-    ) as e:  # a full disk, no permission: one line; Orbax completes a checkpoint by renaming, so earlier ones are whole
+    except Exception as e:
+        # A full disk, no permission: one line; Orbax completes a checkpoint by renaming, so earlier ones are whole.
         if not _write_failed(e):
             raise
         from decay.results import write_error

@@ -44,16 +44,6 @@ def joined() -> bool:
         return jax.process_count() > 1
 
 
-def count() -> int:
-    """Processes of the job (1 without `jax.distributed`)."""
-    return jax.process_count()
-
-
-def index() -> int:
-    """This process's index in the job (0 without `jax.distributed`)."""
-    return jax.process_index()
-
-
 def is_writer() -> bool:
     """Whether this process writes the study's files (rows, configs, reports, TensorBoard): process 0 alone.
 
@@ -89,14 +79,6 @@ def writer_first(fn, what: str) -> None:
             failed = e
     if agree_max(int(failed is not None)):
         raise failed or ConfigError(f"{what}: process 0 stopped (its error line says why)")
-
-
-def barrier(name: str) -> None:
-    """Waits until every process reaches the barrier `name`; nothing with one process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def gather(tree: Any) -> Any:

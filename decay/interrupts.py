@@ -120,9 +120,3 @@ def requested() -> int | None:
     from decay import distributed
 
     return distributed.agree_max(_requested or 0) or None
-
-
-def request(signum: int = signal.SIGINT) -> None:
-    """As if `signum` had been received within `graceful` (for tests and callers that stop a study themselves)."""
-    global _requested
-    _requested = signum

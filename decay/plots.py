@@ -9,7 +9,6 @@ crosses (NaN) instead.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -477,21 +476,12 @@ def save(fig: Any, path: str) -> str:
     Raises `decay.errors.WriteError`, one line, when it cannot be written.
     """
     from decay import distributed
-    from decay.results import write_error
+    from decay.results import replacing
 
-    tmp = None
     try:
         if distributed.is_writer():
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
-            os.close(fd)
-            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        raise write_error(path, e) from None
+            with replacing(path) as tmp:
+                fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     return path

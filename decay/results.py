@@ -8,10 +8,12 @@ full disk, a kill or a power cut leaves the previous file whole. A write that fa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from decay.errors import ConfigError, WriteError
@@ -27,27 +29,22 @@ def write_error(path: str, e: OSError) -> WriteError:
     )
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` via a temp file in the same folder and os.replace: all or nothing.
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """Yields a temporary file's path beside `path` to write; when the block ends it replaces `path`: all or nothing.
 
-    Raises WriteError (one line) when the file cannot be written; nothing in a multi-process job's other processes.
+    The temporary file is removed when the block fails; an OSError (in the block too) raises WriteError, one line.
     """
-    from decay import distributed
-
-    if not distributed.is_writer():
-        return
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+        os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
@@ -55,6 +52,21 @@ def write_atomic(path: str, text: str) -> None:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` via a temp file in the same folder and os.replace (`replacing`): all or nothing.
+
+    Raises WriteError (one line) when the file cannot be written; nothing in a multi-process job's other processes.
+    """
+    from decay import distributed
+
+    if not distributed.is_writer():
+        return
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _remove(tmp: str | None) -> None:

@@ -109,15 +109,9 @@ class Runner:
             )
         self.notes: list[str] = []  # lines for the user, shown by the next `run` as 'note' events
         self._lock: workdir_lib.Lock | None = None
+        self.path = os.path.join(workdir, rows_file)
         try:  # process 0 of a multi-process job opens the workdir; the others read it
             distributed.writer_first(lambda: self._open(settings, command, ignore), f"--workdir={workdir}")
-        except BaseException:
-            self.close()
-            raise
-        self.device_data = loop.upload(self.dataset)
-        self._datasets = {base.seq_len: (self.dataset, self.device_data)}  # seq_len -> (dataset, its device arrays)
-        self.path = os.path.join(workdir, rows_file)
-        try:
             self.rows: dict[str, Row] = {row_key(r): r for r in results.read_jsonl(self.path, schema=SCHEMA)}
         except KeyError as e:
             self.close()
@@ -125,6 +119,8 @@ class Runner:
         except BaseException:
             self.close()
             raise
+        self.device_data = loop.upload(self.dataset)
+        self._datasets = {base.seq_len: (self.dataset, self.device_data)}  # seq_len -> (dataset, its device arrays)
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> Runner:

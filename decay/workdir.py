@@ -218,15 +218,21 @@ def _values_per_step(cfg, shape: tuple[int, ...]) -> tuple[int, int]:
     return scalars, kernels if cfg.histograms else 0
 
 
+_STATE_BYTES: dict = {}  # (base key, norm, input shape, classes) -> state_bytes: the activation changes no shape
+
+
 def state_bytes(cfg, shape: tuple[int, ...], classes: int) -> tuple[int, int]:
     """(every array of a run's state, all but the optimizer's) in bytes, from its structure alone (nothing allocated)."""
     import jax
 
     from decay import program
 
-    template = program._plain_template(cfg, shape, classes)
-    whole = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(template))
-    return whole, whole - sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(template.opt_state))
+    key = (program.base_key(cfg), cfg.norm, tuple(shape), classes)
+    if key not in _STATE_BYTES:
+        template = program._plain_template(cfg, shape, classes)
+        whole = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(template))
+        _STATE_BYTES[key] = whole, whole - sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(template.opt_state))
+    return _STATE_BYTES[key]
 
 
 def memory_bytes() -> int:
@@ -265,10 +271,7 @@ def estimate(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]], run
     policy keeps (`checkpoints_kept`), plus Orbax's metadata; events: the scalars of every logged step
     (`_values_per_step`) and the evaluations; rows: the per-layer lists and the loss history.
     """
-    from decay import program
-
     out = {"checkpoints": 0.0, "TensorBoard": 0.0, "rows": 0.0}
-    arrays: dict = {}
     for c in cfgs:
         shape, classes = shapes[c.seq_len]
         logged = c.steps // c.log_every + 2
@@ -276,11 +279,8 @@ def estimate(cfgs: Iterable, shapes: dict[int, tuple[tuple[int, ...], int]], run
         out["rows"] += ROW_BYTES + ROW_VALUE * scalars + ROW_LOGGED * logged
         if not run_folders:
             continue
-        key = (program.base_key(c), c.norm, shape, classes)  # the activation changes no shape
-        if key not in arrays:  # (every array, all but the optimizer's: zeros at step 0, which the files compress away)
-            arrays[key] = state_bytes(c, shape, classes)
         kept = checkpoints_kept(c.steps, c.checkpoint_every, c.keep_checkpoints, c.checkpoints)
-        whole, first = arrays[key]
+        whole, first = state_bytes(c, shape, classes)  # step 0's optimizer state is zeros, which the files compress away
         out["checkpoints"] += (first + max(kept - 1, 0) * whole + kept * CHECKPOINT_OVERHEAD) if kept else 0
         evals = c.steps // c.eval_every + 2
         out["TensorBoard"] += logged * (scalars * EVENT_BYTES + hists * EVENT_HISTOGRAM) + evals * 6 * EVENT_BYTES

@@ -108,6 +108,7 @@ def guard(main):
     """
 
     def guarded(argv: list[str]) -> None:
+        from decay import distributed
         from decay.errors import Interrupted, WriteError
 
         code, line = None, None
@@ -120,25 +121,19 @@ def guard(main):
         except WriteError as e:
             code, line = 1, f"error: {e}"
         except SystemExit as e:
-            if not _joined():
+            if not distributed.joined():
                 raise
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code is None:
             return
         if line is not None:
             print(line, file=sys.stderr, flush=True)
-        if _joined() and code != 0:
+        if distributed.joined() and code != 0:
             sys.stdout.flush()
             os._exit(code)
         sys.exit(code)
 
     return guarded
-
-
-def _joined() -> bool:
-    from decay import distributed
-
-    return distributed.joined()
 
 
 def run(main) -> None:
