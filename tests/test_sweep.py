@@ -187,6 +187,7 @@ def _run_main(capsys, *args):
         (["--log_every=0"], "--log_every=0; must be an integer >= 1"),
         (["--data_seed=-1"], "--data_seed=-1; must be an integer >= 0"),
         (["--bn_momentum=1.5"], "--bn_momentum=1.5; must be in [0, 1)"),
+        (["--checkpoints=never"], "--checkpoints='never' is unknown; allowed: every, ends, none"),
     ],
 )
 def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
@@ -195,6 +196,27 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, args, expected):
     assert code != 0
     assert "\n" not in err and "Traceback" not in err
     assert expected in err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--num_processes=0"], "error: --num_processes=0; give an integer >= 1"),
+        (["--num_processes=2"], "error: --num_processes=2 needs --coordinator_address=host:port"),
+        (["--num_processes=2", "--coordinator_address=127.0.0.1:9", "--process_id=2"], "error: --process_id=2; give this"),
+    ],
+)
+def test_bad_process_flags_are_one_line_before_joining_a_job(capsys, args, expected):
+    from experiments import _cli, depth_sweep  # noqa: F401  (the entry point's flags)
+
+    flags.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            _cli.parse_flags(["depth_sweep", *args])
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "\n" not in err and err.startswith(expected), err
 
 
 _SHELL_BAD = [(["--activations=softsign"], "--activations"), (["--width=abc"], "--width")]
